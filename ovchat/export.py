@@ -1,0 +1,291 @@
+"""Hugging Face / GGUF → OpenVINO IR with int4 weights, published atomically with a manifest.
+
+The flow: check the recipe and the target → lock → convert GGUF if needed → optimum-intel's
+exporter into a temporary folder beside the target → self-check → manifest (last) → rename.
+A kill at any moment leaves the old folder or none, never a half folder that passes for complete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import catalog, manifest
+from .errors import OvchatError
+
+TASK = "text-generation-with-past"
+WEIGHT_FORMATS = ("int4", "int8", "fp16")
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How weights are compressed. The defaults are the seed's: int4, group 128, ratio 0.6, symmetric."""
+
+    weight_format: str = "int4"
+    group_size: int = 128
+    ratio: float = 0.6
+    sym: bool = True
+
+    def __post_init__(self) -> None:
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise OvchatError(f"unknown weight format '{self.weight_format}': use one of {', '.join(WEIGHT_FORMATS)}")
+        gs = self.group_size
+        if isinstance(gs, bool) or not isinstance(gs, int) or gs <= 0 or gs & (gs - 1):
+            raise OvchatError(f"group size must be a positive power of two (e.g. 32, 64, 128), not {gs}")
+        if not 0 < self.ratio <= 1:
+            raise OvchatError(f"ratio must be in (0, 1] (the share of layers in int4), not {self.ratio}")
+
+    @property
+    def tag(self) -> str:
+        if self.weight_format != "int4":
+            return self.weight_format
+        return f"int4-{'sym' if self.sym else 'asym'}-g{self.group_size}-r{self.ratio:g}"
+
+    def optimum_args(self) -> list[str]:
+        args = ["--weight-format", self.weight_format]
+        if self.weight_format == "int4":
+            # "adjust": layers the group size does not divide get the largest power of two that does.
+            args += [
+                "--group-size",
+                str(self.group_size),
+                "--ratio",
+                str(self.ratio),
+                "--group-size-fallback",
+                "adjust",
+            ]
+            args += ["--sym"] if self.sym else []
+        return args
+
+
+def _need_export_extra() -> None:
+    import importlib.util
+
+    missing = [
+        m
+        for m in ("torch", "optimum.intel", "nncf", "transformers")
+        if importlib.util.find_spec(m.split(".")[0]) is None
+    ]
+    if missing:
+        raise OvchatError(
+            f"exporting needs {', '.join(missing)}: install the export extra (pip install 'ovchat[export]'), "
+            "or pass a folder that is already exported"
+        )
+
+
+def _bytes(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _check_room(parent: Path, source: Path) -> None:
+    # GGUF weights are dequantised to float32 (~8x a 4-bit file) before export; an HF folder is read
+    # once and written smaller. Ask for that plus a margin before any long work starts.
+    size = _bytes(source)
+    need = size * 10 if source.is_file() else size * 2
+    need += 64 << 20
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise OvchatError(
+            f"not enough free disk space in {parent}: about {need / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free; "
+            "free some space or pass another output folder with -o"
+        )
+
+
+def _prepare_parent(parent: Path) -> None:
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".ovchat-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OvchatError(
+            f"cannot write to {parent} ({exc.strerror}); pass an output folder you can write with -o"
+        ) from None
+
+
+@contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OvchatError(f"another export to {target} is running; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _clean_stale(target: Path) -> None:
+    # Under the lock no one else writes beside this target, so any temp folder here is from a killed run.
+    for stale in target.parent.glob(f".{target.name}.*-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _run_optimum(source_dir: Path, out_dir: Path, recipe: Recipe, log_path: Path, log: Log) -> None:
+    # optimum-intel's own command, in a child process: exactly the seed's export, and the memory
+    # of the float model is returned to the system when it ends.
+    cmd = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(source_dir)]
+    cmd += ["--task", TASK, *recipe.optimum_args(), str(out_dir)]
+    log(f"exporting with optimum-intel ({recipe.tag}); a small model takes about a minute")
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
+    with open(log_path, "w") as fh:
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    if done.returncode == 0:
+        log_path.unlink()  # kept only when it explains a failure
+    else:
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        reason = lines[-1] if lines else f"exit status {done.returncode}"
+        raise OvchatError(f"optimum-intel could not export {source_dir}: {reason} (full log: {log_path})")
+
+
+def weight_summary(xml: Path) -> dict:
+    """What the IR really holds: compressed layers by precision and group size (read from the IR)."""
+    import openvino as ov
+
+    layers: Counter[str] = Counter()
+    for op in ov.Core().read_model(xml).get_ordered_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        kind = op.get_element_type().get_type_name()
+        shape = list(op.get_output_partial_shape(0).to_shape())
+        if kind in ("i4", "u4") and len(shape) == 3 and shape[-1] > 1:
+            layers[f"int4 group {shape[-1]}"] += 1
+        elif kind in ("i8", "u8") and len(shape) == 2 and min(shape) > 1:
+            layers["int8 per-channel"] += 1
+    return dict(sorted(layers.items()))
+
+
+def self_check(folder: Path) -> dict:
+    """Before publishing: every artifact non-empty, each IR reads, the tokenizer round-trips, one token generates."""
+    import openvino as ov
+    import openvino_genai as ov_genai
+    import openvino_tokenizers  # noqa: F401  (registers the tokenizer ops with OpenVINO)
+
+    for name in ("openvino_model", "openvino_tokenizer", "openvino_detokenizer"):
+        for suffix in (".xml", ".bin"):
+            path = folder / (name + suffix)
+            if not path.is_file() or path.stat().st_size == 0:
+                raise OvchatError(f"export produced no usable {path.name} in {folder}")
+        ov.Core().read_model(folder / f"{name}.xml")
+    pipe = ov_genai.LLMPipeline(str(folder), "CPU")
+    tokenizer = pipe.get_tokenizer()
+    sample = "Hello, world! 12 + 7 = 19.\nÉté — ok"
+    ids = tokenizer.encode(sample, add_special_tokens=False).input_ids
+    back = tokenizer.decode(ids.data[0].tolist(), skip_special_tokens=True)
+    if back != sample:
+        raise OvchatError(f"the exported tokenizer does not round-trip text: {sample!r} came back as {back!r}")
+    config = ov_genai.GenerationConfig(max_new_tokens=1, apply_chat_template=False)
+    if not pipe.generate("Hello", config):
+        raise OvchatError("the exported model did not generate a token")
+    return {"tokenizer_round_trip": True, "one_token_generation": True}
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        target.rename(old)  # --force swaps whole folders: old and new files never mix
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(target)
+
+
+def export(
+    model: str = catalog.DEFAULT_MODEL,
+    output: str | os.PathLike | None = None,
+    *,
+    weight_format: str = "int4",
+    group_size: int = 128,
+    ratio: float = 0.6,
+    sym: bool = True,
+    force: bool = False,
+    log: Log = _quiet,
+) -> Path:
+    """Export `model` to an OpenVINO folder (default: the models directory's cache) and return it."""
+    recipe = Recipe(weight_format, group_size, ratio, sym)
+    source = catalog.resolve(model)
+    if source.kind == "exported":
+        raise OvchatError(
+            f"{source.location} is already an exported OpenVINO folder: use it directly (--model {model})"
+        )
+    target = Path(output).expanduser().resolve() if output else catalog.export_dir(source, recipe.tag)
+    if output is None and not force and manifest.read(target) is not None:
+        log(f"already exported: {target} (--force exports again)")
+        return target
+    if target.exists() and not force:
+        raise OvchatError(f"{target} already exists: pass --force to replace it")
+    _need_export_extra()
+    _prepare_parent(target.parent)
+    with _locked(target):
+        _clean_stale(target)
+        return _export_locked(source, target, recipe, log)
+
+
+def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, log: Log) -> Path:
+    started = time.time()
+    local = catalog.materialize(source)
+    _check_room(target.parent, local)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    hf_tmp = target.parent / f".{target.name}.src-{os.getpid()}"
+    try:
+        tmp.mkdir()
+        hf_dir = local
+        if source.kind == "gguf" or local.is_file():
+            from . import gguf
+
+            log(f"reading {local.name} (weights and tokenizer from the GGUF metadata)")
+            gguf.check_gguf(local)
+            hf_dir = gguf.gguf_to_hf(local, hf_tmp)
+        _run_optimum(hf_dir, tmp, recipe, target.parent / f".{target.name}.log", log)
+        log("checking the export (IR, tokenizer round trip, one token)")
+        checks = self_check(tmp)
+        weights = weight_summary(tmp / "openvino_model.xml")
+        # Layers whose width the group size does not divide got a smaller group: say which were used.
+        adjusted = sorted({int(k.split()[-1]) for k in weights if k.startswith("int4 group")} - {recipe.group_size})
+        info = {
+            "source": {
+                "spec": source.location if source.kind != "wheel" else source.name,
+                "kind": source.kind,
+                "identity": source.identity,
+            },
+            "recipe": {**asdict(recipe), "task": TASK, "adjusted_group_sizes": adjusted},
+            "weights": weights,
+            "checks": checks,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "export_seconds": round(time.time() - started, 1),
+        }
+        manifest.write(tmp, info)
+        _publish(tmp, target)
+        log(f"exported to {target}")
+        return target
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(hf_tmp, ignore_errors=True)
+
+
+def ensure_exported(model: str, recipe: Recipe | None = None, log: Log = _quiet) -> Path:
+    """An exported folder for `model`: itself if already exported, else the cached export (made once)."""
+    source = catalog.resolve(model)
+    if source.kind == "exported":
+        return Path(source.location)
+    recipe = recipe or Recipe()
+    target = catalog.export_dir(source, recipe.tag)
+    if manifest.read(target) is not None:
+        return target
+    return export(model, target, **asdict(recipe), force=target.exists(), log=log)

@@ -1,0 +1,42 @@
+"""What the models directory holds: complete exports (those with a manifest) and their recipes."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from . import catalog, manifest
+from .errors import OvchatError
+from .export import Recipe
+
+
+def _recipe_tag(recipe: dict) -> str:
+    try:
+        return Recipe(**{f.name: recipe[f.name] for f in fields(Recipe)}).tag
+    except (KeyError, TypeError, OvchatError):
+        return "?"
+
+
+def exported_models() -> list[dict]:
+    """One row per complete export: folder, size on disk, recipe, source. Partial folders are skipped."""
+    root = catalog.models_home() / "models"
+    rows = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.name.startswith(".") or not folder.is_dir():
+            continue
+        try:
+            info = manifest.read(folder)
+        except OvchatError:
+            continue
+        if info is None:
+            continue
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        rows.append(
+            {
+                "folder": folder.name,
+                "path": str(folder),
+                "size_mb": size / 1e6,
+                "recipe": _recipe_tag(info.get("recipe", {})),
+                "source": info.get("source", {}).get("spec", "?"),
+            }
+        )
+    return rows

@@ -1,0 +1,80 @@
+"""Shared fixtures: one models directory per version of the code, expensive exports made once.
+
+OVCHAT_HOME points at tests/.cache/home-<hash of ovchat's sources>, so exports are reused across
+runs while the code is unchanged (CI starts from a clean clone and builds them once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _code_key() -> str:
+    h = hashlib.sha256()
+    for path in sorted((ROOT / "ovchat").rglob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ovchat_home() -> Path:
+    home = ROOT / "tests" / ".cache" / f"home-{_code_key()}"
+    home.mkdir(parents=True, exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OVCHAT_HOME", str(home))
+        mp.setenv("HF_HUB_OFFLINE", "1")  # no hub here: never wait on one
+        mp.setenv("TOKENIZERS_PARALLELISM", "false")
+        yield home
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3_dir(ovchat_home: Path) -> Path:
+    """A tiny random Phi-3 (HF folder) that answers chat prompts with "Hello world!" then <|end|>."""
+    from ovchat.synthetic import tiny_phi3
+
+    path = ovchat_home / "src" / "tiny-phi3"
+    if not (path / "config.json").is_file():
+        tiny_phi3(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3_ov(tiny_phi3_dir: Path) -> Path:
+    """The tiny Phi-3 exported with the seed's recipe (int4 sym, group 128, ratio 0.6)."""
+    import ovchat
+
+    return ovchat.export(str(tiny_phi3_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_phi3_ov: Path):
+    import ovchat
+
+    return ovchat.load(str(tiny_phi3_ov))
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    from ovchat import catalog
+
+    return catalog.materialize(catalog.resolve("smollm2-135m"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_ov() -> Path:
+    """The real SmolLM2-135M-Instruct, exported from its GGUF with the default recipe (once)."""
+    from ovchat.export import ensure_exported
+
+    return ensure_exported("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_ov: Path):
+    import ovchat
+
+    return ovchat.load(str(smollm2_ov))

