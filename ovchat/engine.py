@@ -5,16 +5,21 @@ Runtime only: this module imports OpenVINO's packages, never torch or optimum.
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import catalog, manifest
-from .errors import OvchatError
+from .errors import OvchatError, describe, print_nothing
+
+if TYPE_CHECKING:
+    from .export import Recipe
 
 DEFAULT_DEVICE = "CPU"
 DEFAULT_MAX_NEW_TOKENS = 1024
@@ -40,18 +45,15 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         checks = [
-            (
-                isinstance(self.max_new_tokens, int) and self.max_new_tokens > 0,
-                "max_new_tokens must be a positive integer",
-            ),
-            (0 <= self.temperature <= 2, "temperature must be between 0 and 2"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be 0 (no limit) or a positive integer"),
-            (self.repetition_penalty > 0, "repetition_penalty must be positive"),
+            ("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens > 0, "a positive integer"),
+            ("temperature", 0 <= self.temperature <= 2, "between 0 and 2"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "0 (no limit) or a positive integer"),
+            ("repetition_penalty", self.repetition_penalty > 0, "positive"),
         ]
-        for ok, message in checks:
+        for name, ok, rule in checks:
             if not ok:
-                raise OvchatError(f"{message}, not {getattr(self, message.split()[0])!r}")
+                raise OvchatError(f"{name} must be {rule}, not {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -87,42 +89,40 @@ def _context_length(folder: Path) -> int:
     return DEFAULT_CONTEXT_LENGTH
 
 
-class _QueueStreamer:
-    """Bridges OpenVINO GenAI's callback streamer to a queue read by a generator (the one place)."""
+@functools.cache
+def _streamer_class():
+    import openvino_genai as ov_genai
 
-    def __init__(self, tokenizer, out: queue.Queue, stop: threading.Event):
-        import openvino_genai as ov_genai
+    running, stopped = ov_genai.StreamingStatus.RUNNING, ov_genai.StreamingStatus.STOP
 
-        self._status = ov_genai.StreamingStatus
-        self.out, self.stop = out, stop
-        self.last_token: int | None = None
+    class QueueStreamer(ov_genai.StreamerBase):
+        """Bridges OpenVINO GenAI's callback streamer to a queue read by a generator (the one place)."""
 
-        parent = self
+        def __init__(self, tokenizer, events: queue.Queue, stop: threading.Event):
+            super().__init__()
+            self.events, self.stop = events, stop
+            self.last_token: int | None = None
 
-        class Streamer(ov_genai.StreamerBase):
-            def __init__(self) -> None:
-                super().__init__()
-                # TextStreamer holds back incomplete UTF-8 and decodes without special tokens.
-                self.text = ov_genai.TextStreamer(tokenizer, parent._on_text)
+            # A closure, not a bound method: a callback held by C++ that points back at this object
+            # would form a cycle the garbage collector cannot see, leaking every streamer.
+            def on_text(piece: str):
+                events.put(("text", piece, None))
+                return stopped if stop.is_set() else running
 
-            def write(self, token):
-                tokens = token if isinstance(token, list) else [token]
-                parent.last_token = tokens[-1]
-                parent.out.put(("tokens", len(tokens), time.perf_counter()))
-                self.text.write(token)
-                return parent._state()
+            # TextStreamer holds back incomplete UTF-8 and decodes without special tokens.
+            self.text = ov_genai.TextStreamer(tokenizer, on_text)
 
-            def end(self) -> None:
-                self.text.end()
+        def write(self, token):
+            tokens = token if isinstance(token, list) else [token]
+            self.last_token = tokens[-1]
+            self.events.put(("tokens", len(tokens), time.perf_counter()))
+            self.text.write(token)
+            return stopped if self.stop.is_set() else running
 
-        self.streamer = Streamer()
+        def end(self) -> None:
+            self.text.end()
 
-    def _state(self):
-        return self._status.STOP if self.stop.is_set() else self._status.RUNNING
-
-    def _on_text(self, piece: str):
-        self.out.put(("text", piece, None))
-        return self._state()
+    return QueueStreamer
 
 
 class Model:
@@ -151,7 +151,10 @@ class Model:
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         """The prompt text the model sees: the messages in the model's own chat template."""
-        return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt)
+        try:
+            return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt)
+        except RuntimeError as exc:  # no template, or the template itself refuses (e.g. no system role)
+            raise OvchatError(f"{self.name} cannot format these messages ({describe(exc)}); use raw mode") from None
 
     def count_tokens(self, text: str) -> int:
         return int(self.tokenizer.encode(text).input_ids.shape[1])
@@ -210,17 +213,21 @@ class Model:
                 f"the prompt has {prompt_tokens} tokens but the model's context is {self.context_length}; shorten it"
             )
         budget = min(params.max_new_tokens, room)
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            raise OvchatError(f"{self.name} is already generating; finish or close that stream first")
+        try:
             yield from self._run(text, self._config(params, budget), prompt_tokens, budget)
+        finally:
+            self._lock.release()
 
     def _run(self, text: str, config, prompt_tokens: int, budget: int) -> Iterator[GenerationResponse]:
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
-        bridge = _QueueStreamer(self.tokenizer, events, stop)
+        streamer = _streamer_class()(self.tokenizer, events, stop)
 
         def work() -> None:
             try:
-                self.pipeline.generate(text, config, bridge.streamer)
+                self.pipeline.generate(text, config, streamer)
                 events.put(("done", None, None))
             except Exception as exc:  # re-raised in the consumer's thread
                 events.put(("error", exc, None))
@@ -246,7 +253,7 @@ class Model:
         finally:
             stop.set()
             worker.join()
-        finish = "stop" if bridge.last_token in self.stop_token_ids or count < budget else "length"
+        finish = "stop" if streamer.last_token in self.stop_token_ids or count < budget else "length"
         ttft = first - started if first else None
         rate = (count - 1) / (last - first) if count > 1 and last > first else None
         yield GenerationResponse("", count, prompt_tokens, finish, ttft, rate)
@@ -262,21 +269,19 @@ def load(
     device: str = DEFAULT_DEVICE,
     cache_dir: str | None = None,
     config: dict | None = None,
-    log=lambda _: None,
+    recipe: Recipe | None = None,
+    log: Callable[[str], None] = print_nothing,
 ) -> Model:
     """Load a model by alias, path, .gguf file, hub id or exported folder (exporting it once if needed).
 
     `config` adds OpenVINO properties to the seed's latency config; `cache_dir=""` turns off the
-    compiled-model cache (default: under the models directory).
+    compiled-model cache (default: under the models directory). `recipe` (an `ovchat.Recipe`) picks
+    the export recipe when the model is not exported yet (default: the seed's).
     """
-    check_device(device)
-    source = catalog.resolve(model)
-    if source.kind == "exported":
-        path = Path(source.location)
-    else:
-        from .export import ensure_exported  # light at import; exporting itself needs the extra
+    from .export import ensure_exported  # light at import; exporting itself needs the extra
 
-        path = ensure_exported(model, log=log)
+    check_device(device)
+    path = ensure_exported(model, recipe, log=log)
     info = manifest.verify(path)
     if not (path / "openvino_tokenizer.xml").is_file():
         raise OvchatError(
@@ -291,6 +296,5 @@ def load(
     try:
         pipeline = ov_genai.LLMPipeline(str(path), device, **properties)
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
-        raise OvchatError(f"OpenVINO could not load {path} on {device}: {reason}") from None
+        raise OvchatError(f"OpenVINO could not load {path} on {device}: {describe(exc)}") from None
     return Model(path, device, pipeline, info)

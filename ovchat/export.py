@@ -20,15 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import catalog, manifest
-from .errors import OvchatError
+from .errors import OvchatError, describe, print_nothing
 
 TASK = "text-generation-with-past"
 WEIGHT_FORMATS = ("int4", "int8", "fp16")
 Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -112,18 +108,21 @@ def _prepare_parent(parent: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise OvchatError(
-            f"cannot write to {parent} ({exc.strerror}); pass an output folder you can write with -o"
+            f"cannot write to {parent} ({describe(exc)}); pass an output folder you can write with -o"
         ) from None
 
 
 @contextmanager
-def _locked(target: Path) -> Iterator[None]:
+def _locked(target: Path, wait: bool, log: Log) -> Iterator[None]:
     lock_path = target.parent / f".{target.name}.lock"
     with open(lock_path, "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OvchatError(f"another export to {target} is running; wait for it to finish") from None
+            if not wait:
+                raise OvchatError(f"another export to {target} is running; wait for it to finish") from None
+            log(f"waiting for another export of this model to finish ({target})")
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -131,10 +130,25 @@ def _locked(target: Path) -> Iterator[None]:
 
 
 def _clean_stale(target: Path) -> None:
-    # Under the lock no one else writes beside this target, so any temp folder here is from a killed run.
-    for stale in target.parent.glob(f".{target.name}.*-*"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
+    # Under the lock no one else writes beside this target: these folders are from killed runs.
+    for pattern in ("tmp", "src", "old"):
+        for stale in target.parent.glob(f".{target.name}.{pattern}-*"):
+            if pattern == "old" and not target.exists() and manifest.read(stale) is not None:
+                stale.rename(target)  # killed between the two renames of --force: the old folder comes back
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _check_replaceable(target: Path, source: Path | None) -> None:
+    # --force swaps whole folders: never let it delete something that is not an export.
+    if source is not None and (target == source or target in source.parents):
+        raise OvchatError(f"the output folder {target} holds the source model; pick another one with -o")
+    if target.is_file():
+        raise OvchatError(f"{target} is a file; pass a folder with -o")
+    if target.is_dir() and any(target.iterdir()) and not catalog.is_exported(target):
+        raise OvchatError(
+            f"{target} is not empty and is not an exported model folder; refusing to replace it: pick a new folder"
+        )
 
 
 def _run_optimum(source_dir: Path, out_dir: Path, recipe: Recipe, log_path: Path, log: Log) -> None:
@@ -191,7 +205,7 @@ def self_check(folder: Path) -> dict:
     if back != sample:
         raise OvchatError(f"the exported tokenizer does not round-trip text: {sample!r} came back as {back!r}")
     config = ov_genai.GenerationConfig(max_new_tokens=1, apply_chat_template=False)
-    if not pipe.generate("Hello", config):
+    if pipe.generate(["Hello"], config).perf_metrics.get_num_generated_tokens() != 1:
         raise OvchatError("the exported model did not generate a token")
     return {"tokenizer_round_trip": True, "one_token_generation": True}
 
@@ -215,26 +229,42 @@ def export(
     ratio: float = 0.6,
     sym: bool = True,
     force: bool = False,
-    log: Log = _quiet,
+    log: Log = print_nothing,
 ) -> Path:
-    """Export `model` to an OpenVINO folder (default: the models directory's cache) and return it."""
+    """Export `model` to an OpenVINO folder and return it.
+
+    Without `output` the export goes to the models directory, keyed by source and recipe, and an
+    existing complete export there is returned as is (unless `force`).
+    """
     recipe = Recipe(weight_format, group_size, ratio, sym)
     source = catalog.resolve(model)
     if source.kind == "exported":
-        raise OvchatError(
-            f"{source.location} is already an exported OpenVINO folder: use it directly (--model {model})"
-        )
-    target = Path(output).expanduser().resolve() if output else catalog.export_dir(source, recipe.tag)
-    if output is None and not force and manifest.read(target) is not None:
-        log(f"already exported: {target} (--force exports again)")
-        return target
-    if target.exists() and not force:
+        raise OvchatError(f"{source.location} is already exported: use it directly (--model {model})")
+    cached = output is None
+    target = catalog.export_dir(source, recipe.tag) if cached else Path(output).expanduser().resolve()
+    local_source = Path(source.location) if source.kind in ("hf", "gguf") else None
+    if source.kind == "gguf":
+        from . import gguf
+
+        gguf.check_gguf(local_source)  # not GGUF, or an architecture we cannot convert: say so at once
+    if not cached and target.exists() and not force:
         raise OvchatError(f"{target} already exists: pass --force to replace it")
-    _need_export_extra()
+    if not cached:
+        _check_replaceable(target, local_source)
     _prepare_parent(target.parent)
-    with _locked(target):
+    with _locked(target, wait=cached, log=log):
         _clean_stale(target)
-        return _export_locked(source, target, recipe, log)
+        # Checked again under the lock: another process may have published meanwhile.
+        if cached and not force and manifest.read(target) is not None:
+            log(f"already exported: {target} (--force exports again)")
+            return target
+        if not cached and target.exists() and not force:
+            raise OvchatError(f"{target} already exists: pass --force to replace it")
+        _need_export_extra()
+        try:
+            return _export_locked(source, target, recipe, log)
+        except (OSError, RuntimeError) as exc:
+            raise OvchatError(f"exporting {model} to {target} failed: {describe(exc)}") from None
 
 
 def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, log: Log) -> Path:
@@ -246,11 +276,10 @@ def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, log: Lo
     try:
         tmp.mkdir()
         hf_dir = local
-        if source.kind == "gguf" or local.is_file():
+        if local.is_file():
             from . import gguf
 
             log(f"reading {local.name} (weights and tokenizer from the GGUF metadata)")
-            gguf.check_gguf(local)
             hf_dir = gguf.gguf_to_hf(local, hf_tmp)
         _run_optimum(hf_dir, tmp, recipe, target.parent / f".{target.name}.log", log)
         log("checking the export (IR, tokenizer round trip, one token)")
@@ -258,12 +287,9 @@ def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, log: Lo
         weights = weight_summary(tmp / "openvino_model.xml")
         # Layers whose width the group size does not divide got a smaller group: say which were used.
         adjusted = sorted({int(k.split()[-1]) for k in weights if k.startswith("int4 group")} - {recipe.group_size})
+        spec = source.name if source.kind == "wheel" else source.location
         info = {
-            "source": {
-                "spec": source.location if source.kind != "wheel" else source.name,
-                "kind": source.kind,
-                "identity": source.identity,
-            },
+            "source": {"spec": spec, "kind": source.kind, "identity": source.identity},
             "recipe": {**asdict(recipe), "task": TASK, "adjusted_group_sizes": adjusted},
             "weights": weights,
             "checks": checks,
@@ -279,13 +305,9 @@ def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, log: Lo
         shutil.rmtree(hf_tmp, ignore_errors=True)
 
 
-def ensure_exported(model: str, recipe: Recipe | None = None, log: Log = _quiet) -> Path:
-    """An exported folder for `model`: itself if already exported, else the cached export (made once)."""
+def ensure_exported(model: str, recipe: Recipe | None = None, log: Log = print_nothing) -> Path:
+    """An exported folder for `model`: itself if already exported, else its cached export (made once)."""
     source = catalog.resolve(model)
     if source.kind == "exported":
         return Path(source.location)
-    recipe = recipe or Recipe()
-    target = catalog.export_dir(source, recipe.tag)
-    if manifest.read(target) is not None:
-        return target
-    return export(model, target, **asdict(recipe), force=target.exists(), log=log)
+    return export(model, **asdict(recipe or Recipe()), log=log)

@@ -7,6 +7,8 @@ runs while the code is unchanged (CI starts from a clean clone and builds them o
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,9 @@ def _code_key() -> str:
 @pytest.fixture(scope="session", autouse=True)
 def ovchat_home() -> Path:
     home = ROOT / "tests" / ".cache" / f"home-{_code_key()}"
+    for old in home.parent.glob("home-*"):  # exports made by other versions of the code
+        if old != home:
+            shutil.rmtree(old, ignore_errors=True)
     home.mkdir(parents=True, exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OVCHAT_HOME", str(home))
@@ -38,8 +43,11 @@ def tiny_phi3_dir(ovchat_home: Path) -> Path:
     from ovchat.synthetic import tiny_phi3
 
     path = ovchat_home / "src" / "tiny-phi3"
-    if not (path / "config.json").is_file():
-        tiny_phi3(path)
+    if not path.is_dir():
+        partial = path.with_name(f".tiny-phi3-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        tiny_phi3(partial)
+        partial.rename(path)  # whole or absent: an interrupted run cannot leave a broken fixture
     return path
 
 

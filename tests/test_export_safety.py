@@ -47,9 +47,9 @@ def test_existing_target_needs_force(tiny_phi3_dir, tmp_path):
     assert (target / "keep.txt").read_text() == "mine"  # nothing lost
 
 
-def test_force_swaps_whole_folders(tiny_phi3_dir, tmp_path):
+def test_force_swaps_whole_folders(tiny_phi3_dir, tiny_phi3_ov, tmp_path):
     target = tmp_path / "out"
-    target.mkdir()
+    shutil.copytree(tiny_phi3_ov, target)
     (target / "stale.bin").write_text("old file")
     path = ovchat.export(str(tiny_phi3_dir), target, force=True)
     assert path == target.resolve()
@@ -73,6 +73,7 @@ def test_killed_export_leaves_nothing_that_passes_for_complete(tiny_phi3_dir, tm
     while time.time() < deadline and not list(tmp_path.glob(".killed.tmp-*/openvino_model.xml")):
         assert child.poll() is None, "export ended before it could be killed"
         time.sleep(0.05)
+    assert list(tmp_path.glob(".killed.tmp-*/openvino_model.xml")), "the exporter never wrote its model"
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     if target.exists():  # the kill came after the atomic rename: then it must be whole
@@ -132,3 +133,22 @@ def test_full_disk_fails_before_work_and_leaves_nothing(tiny_phi3_dir, mount):
     assert done.returncode == 1
     assert "not enough free disk space" in done.stderr and "Traceback" not in done.stderr
     assert [p.name for p in point.iterdir()] in ([], [".out.lock"])
+
+
+def test_force_refuses_a_folder_that_is_not_an_export(tiny_phi3_dir, tmp_path):
+    (tmp_path / "thesis.txt").write_text("years of work")
+    with pytest.raises(OvchatError, match="is not an exported model folder; refusing to replace it"):
+        ovchat.export(str(tiny_phi3_dir), tmp_path, force=True)
+    with pytest.raises(OvchatError, match="holds the source model"):
+        ovchat.export(str(tiny_phi3_dir), tiny_phi3_dir, force=True)
+    assert (tmp_path / "thesis.txt").read_text() == "years of work"
+
+
+def test_a_kill_between_the_force_renames_gives_the_old_folder_back(tiny_phi3_dir, tiny_phi3_ov, tmp_path):
+    # --force renames the old folder aside, then the new one into place; a kill in between leaves
+    # only the aside copy. The next export to that target puts it back before anything else.
+    shutil.copytree(tiny_phi3_ov, tmp_path / ".out.old-12345")
+    with pytest.raises(OvchatError, match="already exists"):
+        ovchat.export(str(tiny_phi3_dir), tmp_path / "out")
+    assert manifest.verify(tmp_path / "out", hashes=True) is not None
+    assert not (tmp_path / ".out.old-12345").exists()

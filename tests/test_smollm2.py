@@ -62,6 +62,15 @@ def test_answers_paris(smollm2):
     assert chunks[-1].finish_reason == "stop" and chunks[-1].token_count < 32
 
 
+def test_sampling_with_a_seed_is_repeatable(smollm2):
+    def sample(seed):
+        return smollm2.generate("Tell me a story.", temperature=1.0, seed=seed, max_new_tokens=16)
+
+    first = sample(7)
+    assert sample(7) == first
+    assert any(sample(seed) != first for seed in range(3))  # and the seed does matter
+
+
 def test_cli_generate_uses_the_cached_export(smollm2_ov):
     done = run_cli("generate", "What is the capital of France?", "--max-new-tokens", "32", "-v")
     assert done.returncode == 0, done.stderr
