@@ -285,7 +285,9 @@ def gguf_to_hf(path: Path, out_dir: Path) -> Path:
 
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # ovchat prints its own progress lines
     try:
         # Only the named file is read from its folder; the folder's other files are ignored.
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
