@@ -99,27 +99,44 @@ def export(
     click.echo(str(path))
 
 
+def _options(*decorators):
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+# What generate and chat share: the model, where it runs, and how tokens are picked.
+run_options = _options(
+    model_option,
+    click.option("--system", help="System prompt."),
+    click.option(
+        "--device",
+        "-d",
+        default=DEFAULT_DEVICE,
+        show_default=True,
+        envvar="OVCHAT_DEVICE",
+        help="OpenVINO device: CPU, GPU, NPU or AUTO (env OVCHAT_DEVICE).",
+    ),
+    click.option(
+        "--cache-dir", help='Compiled-model cache folder ("" turns it off; default: in the models directory).'
+    ),
+    click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS, show_default=True),
+    click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True, help="0 is greedy."),
+    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
+    click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 means no limit."),
+    click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True),
+    click.option("--seed", type=int, help="Random seed for sampling."),
+)
+
+
 @main.command()
 @click.argument("prompt")
-@model_option
-@click.option("--system", help="System prompt.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS, show_default=True)
-@click.option(
-    "--device",
-    "-d",
-    default=DEFAULT_DEVICE,
-    show_default=True,
-    envvar="OVCHAT_DEVICE",
-    help="OpenVINO device: CPU, GPU, NPU or AUTO (env OVCHAT_DEVICE).",
-)
-@click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True, help="0 is greedy.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 means no limit.")
-@click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, help="Random seed for sampling.")
+@run_options
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Print the answer as it is generated.")
 @click.option("--raw", is_flag=True, help="Send PROMPT as is, without the chat template.")
-@click.option("--cache-dir", help='Compiled-model cache folder ("" turns it off; default: in the models directory).')
 @click.option("--verbose", "-v", is_flag=True, help="Print timings on stderr.")
 def generate(
     prompt: str,
@@ -154,6 +171,29 @@ def generate(
             f"[{last.prompt_tokens} prompt tokens, {last.token_count} new, first token {ttft}, {rate}, "
             f"finish: {last.finish_reason}]"
         )
+
+
+@main.command()
+@run_options
+@click.option("--verbose", "-v", is_flag=True, help="Print a stats line on stderr after each answer.")
+def chat(model: str, system: str | None, device: str, cache_dir: str | None, verbose: bool, **sampling) -> None:
+    """Chat with MODEL: streaming answers, a conversation it remembers, /help for commands.
+
+    With standard input from a pipe or file, the whole input is one message and only the answer is
+    printed: echo "hi" | ovchat chat
+    """
+    from .chat import answer_piped, repl
+    from .engine import load
+    from .session import ChatSession
+
+    piped = not sys.stdin.isatty()
+    text = sys.stdin.read() if piped else ""
+    handle = load(model, device=device, cache_dir=cache_dir, log=_say)
+    session = ChatSession(handle, system=system, sampling=sampling)
+    if piped:
+        answer_piped(session, text, verbose)
+    else:
+        repl(session, verbose)
 
 
 @main.command()

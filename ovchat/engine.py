@@ -66,6 +66,16 @@ class GenerationResponse:
     finish_reason: str | None = None  # "stop" (end of turn) | "length" (token budget or context)
     time_to_first_token: float | None = None  # seconds, tokenization and prefill included
     tokens_per_second: float | None = None  # decode rate after the first token
+    cached_tokens: int = 0  # prompt tokens shared with the previous call, whose KV is reused (not re-read)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):  # noqa: B905 (lengths differ by design)
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def check_device(device: str) -> None:
@@ -101,7 +111,6 @@ def _streamer_class():
         def __init__(self, tokenizer, events: queue.Queue, stop: threading.Event):
             super().__init__()
             self.events, self.stop = events, stop
-            self.last_token: int | None = None
 
             # A closure, not a bound method: a callback held by C++ that points back at this object
             # would form a cycle the garbage collector cannot see, leaking every streamer.
@@ -114,8 +123,7 @@ def _streamer_class():
 
         def write(self, token):
             tokens = token if isinstance(token, list) else [token]
-            self.last_token = tokens[-1]
-            self.events.put(("tokens", len(tokens), time.perf_counter()))
+            self.events.put(("tokens", tokens, time.perf_counter()))
             self.text.write(token)
             return stopped if self.stop.is_set() else running
 
@@ -136,12 +144,13 @@ class Model:
         self.tokenizer = pipeline.get_tokenizer()
         self.stop_token_ids = self._stop_tokens()
         self._lock = threading.Lock()
+        self._kv_ids: list[int] = []  # the tokens of the last call (prompt + answer), whose KV the pipeline keeps
 
     def _stop_tokens(self) -> set[int]:
         stops = set(self.pipeline.get_generation_config().stop_token_ids)
         stops.add(self.tokenizer.get_eos_token_id())
         for marker in END_OF_TURN_TOKENS:
-            ids = self.tokenizer.encode(marker, add_special_tokens=False).input_ids.data[0].tolist()
+            ids = self.encode(marker, add_special_tokens=False)
             if len(ids) == 1:  # a single id means the vocabulary has it as a special token
                 stops.add(ids[0])
         return {t for t in stops if t >= 0}
@@ -156,26 +165,37 @@ class Model:
         except RuntimeError as exc:  # no template, or the template itself refuses (e.g. no system role)
             raise OvchatError(f"{self.name} cannot format these messages ({describe(exc)}); use raw mode") from None
 
-    def count_tokens(self, text: str) -> int:
-        return int(self.tokenizer.encode(text).input_ids.shape[1])
+    def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
+        return len(self.encode(text, add_special_tokens))
 
-    def _prompt(self, prompt: str | Sequence[Message], system: str | None, raw: bool) -> str:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).input_ids.data[0].tolist()
+
+    def _prepare(self, prompt: str | Sequence[Message], system: str | None, raw: bool):
+        """What to hand the pipeline, and the token ids it will see."""
         if raw:
             if not isinstance(prompt, str):
                 raise OvchatError("raw mode takes a prompt string, not a list of messages")
-            return prompt
+            return prompt, self.encode(prompt)
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if system is not None:
             messages = [{"role": "system", "content": system}] + [m for m in messages if m.get("role") != "system"]
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise OvchatError(f"message {i} must be a dict with string 'role' and 'content', not {m!r}")
-        return self.render(messages)
-
-    def _config(self, params: SamplingParams, max_new_tokens: int):
         import openvino_genai as ov_genai
 
-        config = ov_genai.GenerationConfig(max_new_tokens=max_new_tokens, apply_chat_template=False)
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        # A ChatHistory makes the pipeline keep its KV cache between calls and process only the part
+        # of the templated conversation that differs from what it already holds. The template adds
+        # any special tokens itself, as in Hugging Face's apply_chat_template.
+        return ov_genai.ChatHistory(messages), self.encode(self.render(messages), add_special_tokens=False)
+
+    def _config(self, params: SamplingParams, max_new_tokens: int, chat: bool):
+        import openvino_genai as ov_genai
+
+        # The pipeline applies the chat template to a ChatHistory itself (the same template as render).
+        config = ov_genai.GenerationConfig(max_new_tokens=max_new_tokens, apply_chat_template=chat)
         config.stop_token_ids = self.stop_token_ids
         config.repetition_penalty = params.repetition_penalty
         if params.temperature > 0:
@@ -200,52 +220,58 @@ class Model:
 
         Keyword arguments are SamplingParams fields (max_new_tokens, temperature, top_p, top_k,
         repetition_penalty, seed). Closing the generator early stops generation at the next token.
+        Successive calls with a growing list of messages reuse the KV cache: only new tokens are read.
         """
         unknown = set(sampling) - {f.name for f in fields(SamplingParams)}
         if unknown:
             raise TypeError(f"unknown sampling parameters: {', '.join(sorted(unknown))}")
         params = SamplingParams(**sampling)
-        text = self._prompt(prompt, system, raw)
-        prompt_tokens = self.count_tokens(text)
-        room = self.context_length - prompt_tokens
+        inputs, ids = self._prepare(prompt, system, raw)
+        room = self.context_length - len(ids)
         if room <= 0:
             raise OvchatError(
-                f"the prompt has {prompt_tokens} tokens but the model's context is {self.context_length}; shorten it"
+                f"the prompt has {len(ids)} tokens but the model's context is {self.context_length}; shorten it"
             )
         budget = min(params.max_new_tokens, room)
         if not self._lock.acquire(blocking=False):
             raise OvchatError(f"{self.name} is already generating; finish or close that stream first")
         try:
-            yield from self._run(text, self._config(params, budget), prompt_tokens, budget)
+            config = self._config(params, budget, chat=not isinstance(inputs, str))
+            yield from self._run(inputs, ids, config, budget)
         finally:
             self._lock.release()
 
-    def _run(self, text: str, config, prompt_tokens: int, budget: int) -> Iterator[GenerationResponse]:
+    def _run(self, inputs, ids: list[int], config, budget: int) -> Iterator[GenerationResponse]:
+        # The pipeline's prefix cache keeps the KV of earlier requests: the prompt's common prefix with
+        # the previous call (prompt + answer) is not read again. With a growing conversation that is
+        # everything but the new message.
+        cached = _common_prefix(self._kv_ids, ids)
+        self._kv_ids = []  # unknown until this generation ends cleanly
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
         streamer = _streamer_class()(self.tokenizer, events, stop)
 
         def work() -> None:
             try:
-                self.pipeline.generate(text, config, streamer)
+                self.pipeline.generate(inputs, config, streamer)
                 events.put(("done", None, None))
             except Exception as exc:  # re-raised in the consumer's thread
                 events.put(("error", exc, None))
 
         started = time.perf_counter()
         first = last = None
-        count = 0
+        generated: list[int] = []
         worker = threading.Thread(target=work, name="ovchat-generate", daemon=True)
         worker.start()
         try:
             while True:
                 kind, value, stamp = events.get()
                 if kind == "tokens":
-                    count += value
+                    generated += value
                     first = first or stamp
                     last = stamp
                 elif kind == "text":
-                    yield GenerationResponse(value, count, prompt_tokens)
+                    yield GenerationResponse(value, len(generated), len(ids), cached_tokens=cached)
                 elif kind == "error":
                     raise OvchatError(f"generation failed: {value}") from value
                 else:
@@ -253,10 +279,12 @@ class Model:
         finally:
             stop.set()
             worker.join()
-        finish = "stop" if streamer.last_token in self.stop_token_ids or count < budget else "length"
+        self._kv_ids = ids + generated
+        count = len(generated)
+        finish = "stop" if generated and generated[-1] in self.stop_token_ids or count < budget else "length"
         ttft = first - started if first else None
         rate = (count - 1) / (last - first) if count > 1 and last > first else None
-        yield GenerationResponse("", count, prompt_tokens, finish, ttft, rate)
+        yield GenerationResponse("", count, len(ids), finish, ttft, rate, cached)
 
     def generate(self, prompt: str | Sequence[Message], **kwargs) -> str:
         """The whole answer as one string (see stream_generate for the arguments)."""

@@ -310,4 +310,8 @@ def ensure_exported(model: str, recipe: Recipe | None = None, log: Log = print_n
     source = catalog.resolve(model)
     if source.kind == "exported":
         return Path(source.location)
-    return export(model, **asdict(recipe or Recipe()), log=log)
+    recipe = recipe or Recipe()
+    cached = catalog.export_dir(source, recipe.tag)
+    if manifest.read(cached) is not None:
+        return cached  # the common case, quietly
+    return export(model, **asdict(recipe), log=log)

@@ -1,0 +1,161 @@
+"""A conversation with a model: history, the context-window policy, stats, and transcripts on disk.
+
+The REPL (chat.py) is a thin shell over this; so could a UI be. The model's KV cache is reused
+between turns because each turn sends the same conversation plus one message (see engine.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .engine import GenerationResponse, Message, Model
+from .errors import OvchatError, describe
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class TurnStats:
+    """What the last answer cost: the numbers `/stats` and `--verbose` show."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    cached_tokens: int = 0
+    time_to_first_token: float | None = None
+    tokens_per_second: float | None = None
+    dropped_turns: int = 0
+    cut: bool = False
+
+    def line(self) -> str:
+        ttft = f"{self.time_to_first_token * 1000:.0f} ms" if self.time_to_first_token is not None else "n/a"
+        rate = f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second else "n/a"
+        return (
+            f"prompt {self.prompt_tokens} tokens ({self.cached_tokens} cached, "
+            f"{self.prompt_tokens - self.cached_tokens} new), answer {self.new_tokens} tokens, "
+            f"first token {ttft}, {rate}" + (", cut" if self.cut else "")
+        )
+
+
+@dataclass
+class ChatSession:
+    """A multi-turn conversation. `send` streams the answer and keeps both sides in the history."""
+
+    model: Model
+    system: str | None = None
+    sampling: dict = field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)  # user/assistant turns, oldest first
+    stats: TurnStats | None = None
+
+    def _head(self) -> list[Message]:
+        return [{"role": "system", "content": self.system}] if self.system else []
+
+    def conversation(self) -> list[Message]:
+        """What the model sees: the system prompt and the turns (without ovchat's marks)."""
+        return self._head() + [{"role": m["role"], "content": m["content"]} for m in self.messages]
+
+    def reset(self) -> None:
+        """Forget the conversation; keep the system prompt."""
+        self.messages.clear()
+        self.stats = None
+
+    def _answer_reserve(self) -> int:
+        # Room kept for the answer when fitting the history; a huge max_new_tokens on a small context
+        # would otherwise leave no room for any history at all.
+        wanted = self.sampling.get("max_new_tokens", 1024)
+        return min(wanted, self.model.context_length // 2)
+
+    def _fit(self, message: Message) -> int:
+        """Drop the oldest turns (never the system prompt) until history + message + answer fit.
+
+        Nothing is dropped when the message cannot fit even alone: the error loses nothing.
+        """
+        limit = self.model.context_length
+        kept, dropped = list(self.messages), 0
+        while True:
+            conversation = self._head() + kept + [message]
+            tokens = self.model.count_tokens(self.model.render(conversation), add_special_tokens=False)
+            if tokens + self._answer_reserve() <= limit or not kept:
+                break
+            # A turn is a user message and the answers that follow it.
+            cut = next((i for i, m in enumerate(kept) if i > 0 and m["role"] == "user"), len(kept))
+            kept, dropped = kept[cut:], dropped + 1
+        if tokens >= limit:
+            what = "this message with the system prompt" if self.system else "this message"
+            raise OvchatError(f"{what} is {tokens} tokens; the context holds {limit}: shorten it")
+        self.messages[:] = kept
+        return dropped
+
+    def send(self, text: str) -> Iterator[GenerationResponse]:
+        """Fit the context now (raising if the message cannot fit), then stream the answer.
+
+        `stats.dropped_turns` says at once how many old turns made room. Closing the stream early
+        keeps the partial answer in the history, marked as cut.
+        """
+        message = {"role": "user", "content": text}
+        dropped = self._fit(message)
+        self.stats = TurnStats(dropped_turns=dropped, cut=True)
+        return self._stream(message, self.stats)
+
+    def _stream(self, message: Message, stats: TurnStats) -> Iterator[GenerationResponse]:
+        pieces: list[str] = []
+        started = time.perf_counter()
+        self.messages.append(message)
+        try:
+            for chunk in self.model.stream_generate(self.conversation(), **self.sampling):
+                if chunk.text and stats.time_to_first_token is None:
+                    stats.time_to_first_token = time.perf_counter() - started
+                pieces.append(chunk.text)
+                stats.prompt_tokens, stats.cached_tokens = chunk.prompt_tokens, chunk.cached_tokens
+                stats.new_tokens = chunk.token_count
+                if chunk.finish_reason:
+                    stats.cut = False
+                    stats.time_to_first_token = chunk.time_to_first_token
+                    stats.tokens_per_second = chunk.tokens_per_second
+                yield chunk
+        except OvchatError:
+            self.messages.pop()  # the model never answered: the history stays as it was
+            raise
+        finally:
+            if self.messages and self.messages[-1] is message:
+                answer = {"role": "assistant", "content": "".join(pieces)}
+                if stats.cut:
+                    answer["cut"] = True
+                self.messages.append(answer)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the transcript as a JSON list of messages (system prompt first)."""
+        path = Path(path).expanduser()
+        transcript = self._head() + [dict(m) for m in self.messages]  # cut answers keep their "cut" mark
+        partial = path.with_name(f".{path.name}.part")
+        try:
+            partial.write_text(json.dumps(transcript, indent=2, ensure_ascii=False) + "\n")
+            partial.replace(path)
+        except OSError as exc:
+            raise OvchatError(f"cannot write {path}: {describe(exc)}") from None
+        return path
+
+    def load(self, path: str | os.PathLike) -> int:
+        """Continue a saved conversation (a JSON list of messages, or {"messages": [...]})."""
+        path = Path(path).expanduser()
+        try:
+            data = json.loads(path.read_text())
+        except OSError as exc:
+            raise OvchatError(f"cannot read {path}: {describe(exc)}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise OvchatError(f"{path} is not a JSON transcript: {exc}") from None
+        messages = data.get("messages") if isinstance(data, dict) else data
+        if not isinstance(messages, list):
+            raise OvchatError(f"{path} must hold a list of messages (as /save writes)")
+        for i, m in enumerate(messages):
+            if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
+                raise OvchatError(f"{path}: message {i} needs a role ({', '.join(ROLES)}) and a string content")
+        systems = [m["content"] for m in messages if m["role"] == "system"]
+        self.system = systems[-1] if systems else self.system
+        self.messages = [dict(m) for m in messages if m["role"] != "system"]
+        self.stats = None
+        return len(messages)
