@@ -114,8 +114,12 @@ def _streamer_class():
 
             # A closure, not a bound method: a callback held by C++ that points back at this object
             # would form a cycle the garbage collector cannot see, leaking every streamer.
+            ending = self.ending = threading.Event()
+
             def on_text(piece: str):
-                events.put(("text", piece, None))
+                # What end() flushes may be the first bytes of a character cut off by the token
+                # budget: drop that half character rather than show a replacement mark.
+                events.put(("text", piece.rstrip("\ufffd") if ending.is_set() else piece, None))
                 return stopped if stop.is_set() else running
 
             # TextStreamer holds back incomplete UTF-8 and decodes without special tokens.
@@ -128,6 +132,7 @@ def _streamer_class():
             return stopped if self.stop.is_set() else running
 
         def end(self) -> None:
+            self.ending.set()
             self.text.end()
 
     return QueueStreamer

@@ -62,6 +62,15 @@ def test_answers_paris(smollm2):
     assert chunks[-1].finish_reason == "stop" and chunks[-1].token_count < 32
 
 
+def test_streamed_pieces_never_split_a_character(smollm2):
+    chunks = list(
+        smollm2.stream_generate("Write three emoji, then the French word for summer (été).", max_new_tokens=40)
+    )
+    pieces = [c.text for c in chunks]
+    assert all("\ufffd" not in p for p in pieces)
+    assert any(ord(ch) > 127 for ch in "".join(pieces))  # the answer does hold multi-byte characters
+
+
 def test_sampling_with_a_seed_is_repeatable(smollm2):
     def sample(seed):
         return smollm2.generate("Tell me a story.", temperature=1.0, seed=seed, max_new_tokens=16)
