@@ -188,19 +188,11 @@ def test_bad_transcript_is_an_error_not_a_crash(tiny_phi3_ov, tmp_path):
 
 
 def test_piped_stdin_on_tiny(tiny_phi3_ov):
-    done = subprocess.run(
-        [sys.executable, "-m", "ovchat.cli", "chat", "--model", str(tiny_phi3_ov)],
-        input="Hi\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    def pipe(text: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "ovchat.cli", "chat", "--model", str(tiny_phi3_ov)]
+        return subprocess.run(command, input=text, capture_output=True, text=True, timeout=120)
+
+    done = pipe("Hi\n")
     assert (done.returncode, done.stdout) == (0, "Hello world!\n")
-    empty = subprocess.run(
-        [sys.executable, "-m", "ovchat.cli", "chat", "--model", str(tiny_phi3_ov)],
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    empty = pipe("")
     assert empty.returncode == 1 and "no message on standard input" in empty.stderr
