@@ -17,7 +17,7 @@ from .session import ChatSession
 HELP = """Commands:
   /help            this list
   /reset           forget the conversation (the system prompt stays)
-  /system [TEXT]   show or set the system prompt
+  /system [TEXT]   show or set the system prompt (/system - removes it)
   /save FILE       write the conversation as JSON messages
   /load FILE       continue a saved conversation
   /stats           prompt, cached and new tokens, time to first token, tok/s of the last answer
@@ -102,7 +102,10 @@ def _command(session: ChatSession, text: str) -> bool:
         session.reset()
         _err("conversation cleared (system prompt kept)")
     elif name == "/system":
-        if arg:
+        if arg == "-":
+            session.system = None
+            _err("system prompt removed")
+        elif arg:
             session.system = arg
             _err("system prompt set")
         else:
@@ -110,7 +113,8 @@ def _command(session: ChatSession, text: str) -> bool:
     elif name in ("/save", "/load") and not arg:
         _err(f"usage: {name} FILE")
     elif name == "/save":
-        _err(f"saved {len(session.messages)} messages to {session.save(arg)}")
+        path = session.save(arg)
+        _err(f"saved {len(session.conversation())} messages to {path}")
     elif name == "/load":
         _err(f"loaded {session.load(arg)} messages from {Path(arg).expanduser()}")
     elif name == "/stats":
@@ -134,10 +138,11 @@ def _answer(session: ChatSession, text: str, verbose: bool) -> None:
         if stream is not None:
             stream.close()
         sys.stdout.write("\n")
-        _err("[answer stopped; kept in the history as cut]")
-        return
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+        kept = session.messages and session.messages[-1].get("cut")
+        _err("[answer stopped; kept in the history as cut]" if kept else "[stopped before the answer began]")
+    else:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
     if verbose and session.stats:
         _err(f"[{session.stats.line()}]")
 
@@ -161,6 +166,8 @@ def repl(session: ChatSession, verbose: bool = False) -> None:
             _answer(session, text[1:] if text.startswith("//") else text, verbose)
         except OvchatError as exc:
             _err(f"error: {exc}")
+        except KeyboardInterrupt:  # a Ctrl-C outside an answer (a command, a second Ctrl-C) keeps the session
+            _err("[interrupted]")
 
 
 def answer_piped(session: ChatSession, text: str, verbose: bool = False) -> None:

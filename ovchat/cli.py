@@ -5,6 +5,7 @@ Answers go to stdout, progress and diagnostics to stderr.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -42,6 +43,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _say("interrupted")
             sys.exit(130)
+        except BrokenPipeError:  # `ovchat chat < q.txt | head`: the reader left; no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -78,6 +78,19 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _join(worker: threading.Thread) -> None:
+    # A second Ctrl-C must not leave the pipeline generating behind our back: wait for the worker
+    # (it stops at the next token), then let the interrupt through.
+    interrupted = False
+    while worker.is_alive():
+        try:
+            worker.join()
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+
+
 def check_device(device: str) -> None:
     import openvino as ov
 
@@ -231,6 +244,7 @@ class Model:
         if unknown:
             raise TypeError(f"unknown sampling parameters: {', '.join(sorted(unknown))}")
         params = SamplingParams(**sampling)
+        started = time.perf_counter()  # the wait a user sees includes templating and tokenizing
         inputs, ids = self._prepare(prompt, system, raw)
         room = self.context_length - len(ids)
         if room <= 0:
@@ -242,16 +256,15 @@ class Model:
             raise OvchatError(f"{self.name} is already generating; finish or close that stream first")
         try:
             config = self._config(params, budget, chat=not isinstance(inputs, str))
-            yield from self._run(inputs, ids, config, budget)
+            yield from self._run(inputs, ids, config, budget, started)
         finally:
             self._lock.release()
 
-    def _run(self, inputs, ids: list[int], config, budget: int) -> Iterator[GenerationResponse]:
+    def _run(self, inputs, ids: list[int], config, budget: int, started: float) -> Iterator[GenerationResponse]:
         # The pipeline's prefix cache keeps the KV of earlier requests: the prompt's common prefix with
         # the previous call (prompt + answer) is not read again. With a growing conversation that is
         # everything but the new message.
         cached = _common_prefix(self._kv_ids, ids)
-        self._kv_ids = []  # unknown until this generation ends cleanly
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
         streamer = _streamer_class()(self.tokenizer, events, stop)
@@ -263,9 +276,9 @@ class Model:
             except Exception as exc:  # re-raised in the consumer's thread
                 events.put(("error", exc, None))
 
-        started = time.perf_counter()
         first = last = None
         generated: list[int] = []
+        failed = False
         worker = threading.Thread(target=work, name="ovchat-generate", daemon=True)
         worker.start()
         try:
@@ -278,13 +291,18 @@ class Model:
                 elif kind == "text":
                     yield GenerationResponse(value, len(generated), len(ids), cached_tokens=cached)
                 elif kind == "error":
+                    failed = True
                     raise OvchatError(f"generation failed: {value}") from value
                 else:
                     break
         finally:
             stop.set()
-            worker.join()
-        self._kv_ids = ids + generated
+            _join(worker)
+            # A stopped answer stays in the pipeline's cache too: count its tokens for the next call.
+            while not events.empty():
+                kind, value, _ = events.get_nowait()
+                generated += value if kind == "tokens" else []
+            self._kv_ids = [] if failed else ids + generated
         count = len(generated)
         finish = "stop" if generated and generated[-1] in self.stop_token_ids or count < budget else "length"
         ttft = first - started if first else None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,46 +68,48 @@ class ChatSession:
         wanted = self.sampling.get("max_new_tokens", 1024)
         return min(wanted, self.model.context_length // 2)
 
-    def _fit(self, message: Message) -> int:
-        """Drop the oldest turns (never the system prompt) until history + message + answer fit.
+    def _fit(self, message: Message) -> tuple[list[Message], int]:
+        """The turns to keep so that history + message + answer fit, and how many were dropped.
 
-        Nothing is dropped when the message cannot fit even alone: the error loses nothing.
+        The oldest whole turns go first, never the system prompt. Once dropping is needed, a quarter
+        of the window more is freed, so the next turns fit without dropping again (each drop changes
+        the start of the conversation and so costs one full re-read). Nothing is dropped when the
+        message cannot fit even alone: the error loses nothing.
         """
         limit = self.model.context_length
+        target = limit - self._answer_reserve()
         kept, dropped = list(self.messages), 0
         while True:
             conversation = self._head() + kept + [message]
             tokens = self.model.count_tokens(self.model.render(conversation), add_special_tokens=False)
-            if tokens + self._answer_reserve() <= limit or not kept:
+            if tokens <= target or not kept:
                 break
             # A turn is a user message and the answers that follow it.
             cut = next((i for i, m in enumerate(kept) if i > 0 and m["role"] == "user"), len(kept))
             kept, dropped = kept[cut:], dropped + 1
+            target = limit - self._answer_reserve() - limit // 4
         if tokens >= limit:
             what = "this message with the system prompt" if self.system else "this message"
             raise OvchatError(f"{what} is {tokens} tokens; the context holds {limit}: shorten it")
-        self.messages[:] = kept
-        return dropped
+        return kept, dropped
 
     def send(self, text: str) -> Iterator[GenerationResponse]:
         """Fit the context now (raising if the message cannot fit), then stream the answer.
 
-        `stats.dropped_turns` says at once how many old turns made room. Closing the stream early
+        `stats.dropped_turns` says at once how many old turns make room. Closing the stream early
         keeps the partial answer in the history, marked as cut.
         """
         message = {"role": "user", "content": text}
-        dropped = self._fit(message)
+        kept, dropped = self._fit(message)
         self.stats = TurnStats(dropped_turns=dropped, cut=True)
-        return self._stream(message, self.stats)
+        return self._stream(kept, message, self.stats)
 
-    def _stream(self, message: Message, stats: TurnStats) -> Iterator[GenerationResponse]:
+    def _stream(self, kept: list[Message], message: Message, stats: TurnStats) -> Iterator[GenerationResponse]:
+        previous, self.messages = self.messages, kept + [message]
         pieces: list[str] = []
-        started = time.perf_counter()
-        self.messages.append(message)
+        stream = self.model.stream_generate(self.conversation(), **self.sampling)
         try:
-            for chunk in self.model.stream_generate(self.conversation(), **self.sampling):
-                if chunk.text and stats.time_to_first_token is None:
-                    stats.time_to_first_token = time.perf_counter() - started
+            for chunk in stream:
                 pieces.append(chunk.text)
                 stats.prompt_tokens, stats.cached_tokens = chunk.prompt_tokens, chunk.cached_tokens
                 stats.new_tokens = chunk.token_count
@@ -118,9 +119,10 @@ class ChatSession:
                     stats.tokens_per_second = chunk.tokens_per_second
                 yield chunk
         except OvchatError:
-            self.messages.pop()  # the model never answered: the history stays as it was
+            self.messages = previous  # the model never answered: the history stays as it was
             raise
         finally:
+            stream.close()  # stops generation now, not whenever the garbage collector runs
             if self.messages and self.messages[-1] is message:
                 answer = {"role": "assistant", "content": "".join(pieces)}
                 if stats.cut:
@@ -140,7 +142,7 @@ class ChatSession:
         return path
 
     def load(self, path: str | os.PathLike) -> int:
-        """Continue a saved conversation (a JSON list of messages, or {"messages": [...]})."""
+        """Continue a saved conversation (a JSON list of messages); returns how many were read."""
         path = Path(path).expanduser()
         try:
             data = json.loads(path.read_text())
@@ -148,12 +150,15 @@ class ChatSession:
             raise OvchatError(f"cannot read {path}: {describe(exc)}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise OvchatError(f"{path} is not a JSON transcript: {exc}") from None
-        messages = data.get("messages") if isinstance(data, dict) else data
+        messages = data
         if not isinstance(messages, list):
-            raise OvchatError(f"{path} must hold a list of messages (as /save writes)")
+            raise OvchatError(f"{path} must hold a JSON list of messages (as /save writes)")
         for i, m in enumerate(messages):
             if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
                 raise OvchatError(f"{path}: message {i} needs a role ({', '.join(ROLES)}) and a string content")
+        turns = [m["role"] for m in messages if m["role"] != "system"]
+        if any(role != ("user", "assistant")[i % 2] for i, role in enumerate(turns)):
+            raise OvchatError(f"{path}: after the system prompt, messages must alternate user, assistant, user, ...")
         systems = [m["content"] for m in messages if m["role"] == "system"]
         self.system = systems[-1] if systems else self.system
         self.messages = [dict(m) for m in messages if m["role"] != "system"]

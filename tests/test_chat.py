@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -78,6 +79,8 @@ def test_ctrl_c_stops_an_answer_and_the_session_goes_on(smollm2_ov, tmp_path):
     stats = say(child, "/stats")
     assert "cut" in stats
     assert "Paris" in say(child, "What is the capital of France?")
+    cached = int(re.search(r"\((\d+) cached", say(child, "/stats")).group(1))
+    assert cached > 20  # the cut answer stayed in the cache: only the new question was read
     transcript = tmp_path / "cut.json"
     say(child, f"/save {transcript}")
     saved = json.loads(transcript.read_text())
@@ -126,7 +129,8 @@ def test_context_policy_keeps_the_system_prompt(tiny_model):
         stream = session.send(f"message {i}: " + "hello there " * 8)
         dropped += session.stats.dropped_turns
         assert "".join(c.text for c in stream) == "Hello world!"
-        assert session.conversation()[0] == {"role": "system", "content": "You are terse."}
+        sent = tiny_model.tokenizer.decode(tiny_model._kv_ids, skip_special_tokens=False)  # what the pipeline got
+        assert sent.startswith("<|system|>\nYou are terse.<|end|>") and f"message {i}:" in sent
         assert session.messages[-2]["content"].startswith(f"message {i}:")
     assert dropped > 0
     assert session.messages[0]["role"] == "user"  # whole turns are dropped, oldest first
@@ -150,6 +154,9 @@ def test_repl_notices_drops_and_errors(tiny_phi3_ov):
     error = say(child, "hello " * 300)
     assert "error: this message with the system prompt is" in error and "the context holds 256" in error
     assert "Hello world!" in say(child, "Hi")  # and the session goes on
+    assert "system prompt: 'Be brief.'" in say(child, "/system")
+    assert "system prompt removed" in say(child, "/system -")
+    assert "no system prompt" in say(child, "/system")
     child.sendline("/exit")
     assert ends_cleanly(child) == 0
 
@@ -179,8 +186,11 @@ def test_multi_line_input_and_slash_escape(tiny_phi3_ov, tmp_path):
 def test_bad_transcript_is_an_error_not_a_crash(tiny_phi3_ov, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('[{"role": "wizard", "content": "x"}]')
+    unordered = tmp_path / "unordered.json"
+    unordered.write_text('[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]')
     child = spawn("--model", str(tiny_phi3_ov))
     assert "message 0 needs a role" in say(child, f"/load {bad}")
+    assert "must alternate user, assistant" in say(child, f"/load {unordered}")
     assert "cannot read" in say(child, f"/load {tmp_path / 'missing.json'}")
     assert "Hello world!" in say(child, "Hi")
     child.sendline("/exit")
