@@ -124,6 +124,19 @@ def _command(session: ChatSession, text: str) -> bool:
     return True
 
 
+def _print(stream) -> None:
+    for chunk in stream:
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _print_stats(session: ChatSession, verbose: bool) -> None:
+    if verbose and session.stats:
+        _err(f"[{session.stats.line()}]")
+
+
 def _answer(session: ChatSession, text: str, verbose: bool) -> None:
     stream = None
     try:
@@ -131,20 +144,14 @@ def _answer(session: ChatSession, text: str, verbose: bool) -> None:
         dropped = session.stats.dropped_turns
         if dropped:
             _err(f"[context full: dropped the {dropped} oldest turn{'s' if dropped > 1 else ''} to make room]")
-        for chunk in stream:
-            sys.stdout.write(chunk.text)
-            sys.stdout.flush()
+        _print(stream)
     except KeyboardInterrupt:  # Ctrl-C stops this answer (even before its first token), not the session
         if stream is not None:
             stream.close()
         sys.stdout.write("\n")
         kept = session.messages and session.messages[-1].get("cut")
         _err("[answer stopped; kept in the history as cut]" if kept else "[stopped before the answer began]")
-    else:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-    if verbose and session.stats:
-        _err(f"[{session.stats.line()}]")
+    _print_stats(session, verbose)
 
 
 def repl(session: ChatSession, verbose: bool = False) -> None:
@@ -174,9 +181,5 @@ def answer_piped(session: ChatSession, text: str, verbose: bool = False) -> None
     """Not a terminal: the whole input is one message; print only the answer."""
     if not text.strip():
         raise OvchatError("no message on standard input")
-    for chunk in session.send(text.strip()):
-        sys.stdout.write(chunk.text)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    if verbose and session.stats:
-        _err(f"[{session.stats.line()}]")
+    _print(session.send(text.strip()))
+    _print_stats(session, verbose)
