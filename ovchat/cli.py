@@ -201,6 +201,93 @@ def chat(model: str, system: str | None, device: str, cache_dir: str | None, ver
 
 
 @main.command()
+@model_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option(
+    "--port", "-p", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port."
+)
+@click.option(
+    "--api-key",
+    envvar="OVCHAT_API_KEY",
+    help="Require 'Authorization: Bearer KEY' on /v1/* and /metrics (env OVCHAT_API_KEY).",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Requests generating at once (continuous batching).",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(0),
+    default=32,
+    show_default=True,
+    help="Requests waiting for a slot; beyond that, 503 at once.",
+)
+@click.option(
+    "--max-tokens-limit",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_NEW_TOKENS,
+    show_default=True,
+    help="Most new tokens per answer (also the default when a request does not say).",
+)
+@click.option("--context-length", type=click.IntRange(16), help="Cap the context below the model's (less KV memory).")
+@click.option(
+    "--kv-cache-gb",
+    type=click.IntRange(1),
+    help="KV cache size (default: every slot's full context, at most a third of RAM).",
+)
+@click.option(
+    "--kv-cache-precision",
+    type=click.Choice(["f32", "f16", "u8"]),
+    default="f32",
+    show_default=True,
+    help="f32 gives the same answer at any concurrency; u8 takes a quarter of the memory.",
+)
+@click.option("--device", "-d", default=DEFAULT_DEVICE, show_default=True, envvar="OVCHAT_DEVICE")
+@click.option("--cache-dir", help='Compiled-model cache folder ("" turns it off).')
+@click.option("--allowed-host", multiple=True, help="Extra Host header names to accept (e.g. a LAN name).")
+@click.option(
+    "--cors-origin", multiple=True, help="Browser origin allowed to call the API (repeatable; none by default)."
+)
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without an API key.")
+@click.option(
+    "--sse-keepalive",
+    "keepalive_seconds",
+    type=click.FloatRange(min=0.05),
+    default=10.0,
+    envvar="OVCHAT_SSE_KEEPALIVE",
+    show_default=True,
+    hidden=True,
+    help="Seconds without a token before a keep-alive comment.",
+)
+def serve(
+    model: str, device: str, cache_dir: str | None, allowed_host: tuple, cors_origin: tuple, insecure: bool, **options
+) -> None:
+    """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
+
+    \b
+    ovchat serve --model phi-3-mini
+    curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model": "phi-3-mini", "messages": [{"role": "user", "content": "Hi"}]}'
+    """
+    import logging
+
+    from .server import Settings
+    from .server import serve as run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(
+        allowed_hosts=list(allowed_host),
+        cors_origins=list(cors_origin),
+        allow_insecure=insecure,
+        **options,
+    )
+    sys.exit(run_server(model, device, settings, cache_dir=cache_dir, say=_say))
+
+
+@main.command()
 def models() -> None:
     """List the catalog aliases and the models already exported."""
     from .inventory import exported_models

@@ -101,15 +101,43 @@ def check_device(device: str) -> None:
     raise OvchatError(f"unknown device '{device}': this machine has {', '.join(available)} (or AUTO)")
 
 
-def _context_length(folder: Path) -> int:
+def model_config(folder: Path) -> dict:
+    """The exported folder's config.json (architecture sizes), or {} when it is missing or unreadable."""
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return DEFAULT_CONTEXT_LENGTH
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def context_length(folder: Path) -> int:
+    config = model_config(folder)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         if isinstance(config.get(key), int):
             return config[key]
     return DEFAULT_CONTEXT_LENGTH
+
+
+def encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens).input_ids.data[0].tolist()
+
+
+def stop_token_ids(tokenizer, configured: Sequence[int] = ()) -> set[int]:
+    """The configured stop ids, eos, and the end-of-turn markers this vocabulary has as single tokens."""
+    stops = set(configured) | {tokenizer.get_eos_token_id()}
+    for marker in END_OF_TURN_TOKENS:
+        ids = encode(tokenizer, marker, add_special_tokens=False)
+        if len(ids) == 1:  # a single id means the vocabulary has it as a special token
+            stops.add(ids[0])
+    return {t for t in stops if t >= 0}
+
+
+def render(tokenizer, name: str, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    """The prompt text the model sees: the messages in the model's own chat template."""
+    try:
+        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt)
+    except RuntimeError as exc:  # no template, or the template itself refuses (e.g. no system role)
+        raise OvchatError(f"{name} cannot format these messages ({describe(exc)}); use raw mode") from None
 
 
 @functools.cache
@@ -157,37 +185,25 @@ class Model:
     def __init__(self, path: Path, device: str, pipeline, info: dict | None):
         self.path, self.device, self.pipeline = path, device, pipeline
         self.manifest = info
-        self.name = (info or {}).get("source", {}).get("spec") or path.name
-        self.context_length = _context_length(path)
+        self.name = model_name(path, info)
+        self.context_length = context_length(path)
         self.tokenizer = pipeline.get_tokenizer()
-        self.stop_token_ids = self._stop_tokens()
+        self.stop_token_ids = stop_token_ids(self.tokenizer, pipeline.get_generation_config().stop_token_ids)
         self._lock = threading.Lock()
         self._kv_ids: list[int] = []  # the tokens of the last call (prompt + answer), whose KV the pipeline keeps
-
-    def _stop_tokens(self) -> set[int]:
-        stops = set(self.pipeline.get_generation_config().stop_token_ids)
-        stops.add(self.tokenizer.get_eos_token_id())
-        for marker in END_OF_TURN_TOKENS:
-            ids = self.encode(marker, add_special_tokens=False)
-            if len(ids) == 1:  # a single id means the vocabulary has it as a special token
-                stops.add(ids[0])
-        return {t for t in stops if t >= 0}
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, path={str(self.path)!r}, device={self.device!r})"
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         """The prompt text the model sees: the messages in the model's own chat template."""
-        try:
-            return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt)
-        except RuntimeError as exc:  # no template, or the template itself refuses (e.g. no system role)
-            raise OvchatError(f"{self.name} cannot format these messages ({describe(exc)}); use raw mode") from None
+        return render(self.tokenizer, self.name, messages, add_generation_prompt)
 
     def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
         return len(self.encode(text, add_special_tokens))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).input_ids.data[0].tolist()
+        return encode(self.tokenizer, text, add_special_tokens)
 
     def _prepare(self, prompt: str | Sequence[Message], system: str | None, raw: bool):
         """What to hand the pipeline, and the token ids it will see."""
@@ -314,6 +330,33 @@ class Model:
         return "".join(r.text for r in self.stream_generate(prompt, **kwargs))
 
 
+def prepare(model: str, device: str, recipe: Recipe | None = None, log=print_nothing) -> tuple[Path, dict | None]:
+    """Everything before compiling: the device exists, the model is exported, its files are whole."""
+    from .export import ensure_exported  # light at import; exporting itself needs the extra
+
+    check_device(device)
+    path = ensure_exported(model, recipe, log=log)
+    info = manifest.verify(path)
+    if not (path / "openvino_tokenizer.xml").is_file():
+        raise OvchatError(
+            f"{path} has no openvino_tokenizer.xml (OpenVINO GenAI needs it): re-export it with `ovchat export`"
+        )
+    return path, info
+
+
+def runtime_properties(config: dict | None, cache_dir: str | None) -> dict:
+    """The seed's latency config, the caller's additions, and the compiled-model cache ("" turns it off)."""
+    properties = {**LATENCY_CONFIG, **(config or {})}
+    cache = str(catalog.compile_cache_dir()) if cache_dir is None else cache_dir
+    if cache:
+        properties["CACHE_DIR"] = cache
+    return properties
+
+
+def model_name(path: Path, info: dict | None) -> str:
+    return (info or {}).get("source", {}).get("spec") or path.name
+
+
 def load(
     model: str = catalog.DEFAULT_MODEL,
     *,
@@ -329,19 +372,8 @@ def load(
     compiled-model cache (default: under the models directory). `recipe` (an `ovchat.Recipe`) picks
     the export recipe when the model is not exported yet (default: the seed's).
     """
-    from .export import ensure_exported  # light at import; exporting itself needs the extra
-
-    check_device(device)
-    path = ensure_exported(model, recipe, log=log)
-    info = manifest.verify(path)
-    if not (path / "openvino_tokenizer.xml").is_file():
-        raise OvchatError(
-            f"{path} has no openvino_tokenizer.xml (OpenVINO GenAI needs it): re-export it with `ovchat export`"
-        )
-    properties = {**LATENCY_CONFIG, **(config or {})}
-    cache = str(catalog.compile_cache_dir()) if cache_dir is None else cache_dir
-    if cache:
-        properties["CACHE_DIR"] = cache
+    path, info = prepare(model, device, recipe, log)
+    properties = runtime_properties(config, cache_dir)
     import openvino_genai as ov_genai
 
     try:

@@ -1,7 +1,7 @@
 """Shared fixtures: one models directory per version of the code, expensive exports made once.
 
-OVCHAT_HOME points at tests/.cache/home-<hash of ovchat's sources>, so exports are reused across
-runs while the code is unchanged (CI starts from a clean clone and builds them once).
+OVCHAT_HOME points at tests/.cache/home-<hash of the modules that make exports>, so exports are
+reused across runs while that code is unchanged (CI starts from a clean clone and builds them once).
 """
 
 from __future__ import annotations
@@ -16,10 +16,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# What an export depends on; changes elsewhere (the engine, the server) keep the cached exports.
+EXPORT_MODULES = ("catalog.py", "export.py", "gguf.py", "manifest.py", "synthetic.py")
+
+
 def _code_key() -> str:
     h = hashlib.sha256()
-    for path in sorted((ROOT / "ovchat").rglob("*.py")):
-        h.update(path.read_bytes())
+    for name in EXPORT_MODULES:
+        h.update((ROOT / "ovchat" / name).read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -86,3 +90,13 @@ def smollm2(smollm2_ov: Path):
     import ovchat
 
     return ovchat.load(str(smollm2_ov))
+
+
+@pytest.fixture(scope="session")
+def server(smollm2_ov: Path, tmp_path_factory):
+    """`ovchat serve` on the real small model with its defaults (8 at once, 32 queued)."""
+    from helpers import Server
+
+    running = Server(smollm2_ov, log_path=tmp_path_factory.mktemp("serve") / "serve.log")
+    yield running
+    running.stop()

@@ -90,7 +90,7 @@ def test_cli_generate_uses_the_cached_export(smollm2_ov):
 
 def test_readme_python_example_runs(smollm2_ov):
     readme = (catalog.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    code = re.search(r"## Python\n.*?```python\n(.*?)```", readme, re.S).group(1)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout and "finish: " in done.stdout

@@ -1,0 +1,226 @@
+"""Load on an OpenAI-compatible server: time to first token, inter-token latency, throughput.
+
+Streams chat completions from N concurrent clients (N = 1, 2, 4, 8, 16 by default), each sending
+requests back to back, and reports per level: TTFT and inter-token latency p50/p95, requests/s,
+aggregate output tok/s, failures. It starts `ovchat serve` itself, and llama.cpp's server
+(llama-cpp-python[server]) on the same GGUF when given a Python that has it.
+
+    .venv/bin/python benchmarks/serve_load.py [--model smollm2-135m] [--levels 1,2,4,8,16]
+        [--llama-python /path/to/venv/bin/python] [--url http://host:port  (an already running server)]
+
+Writes benchmarks/results/serve_load.md and .json. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+TOPICS = ["a dragon", "the sea", "a lighthouse keeper", "a lost robot", "a mountain village", "a clockmaker",
+          "a desert caravan", "an old library", "a winter forest", "a space station", "a river town", "a chess game",
+          "a baker", "a comet", "a fox and a crow", "a train journey"]
+PROMPTS = [f"Write a long story about {t}." for t in TOPICS]
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True}
+    started = time.perf_counter()
+    stamps: list[float] = []
+    try:
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return {"ok": False, "status": response.status_code}
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    return {"ok": False, "status": "in-stream error"}
+                choices = chunk.get("choices") or []
+                if choices and (choices[0].get("delta") or {}).get("content"):
+                    stamps.append(time.perf_counter())
+    except httpx.HTTPError as exc:
+        return {"ok": False, "status": type(exc).__name__}
+    if not stamps:
+        return {"ok": False, "status": "no tokens"}
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]  # noqa: B905
+    return {"ok": True, "ttft": stamps[0] - started, "gaps": gaps, "tokens": len(stamps),
+            "end": stamps[-1]}
+
+
+async def level(url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> dict:
+    todo = list(range(requests))
+    results: list[dict] = []
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while todo:
+            i = todo.pop()
+            results.append(await one_request(client, url, model, PROMPTS[i % len(PROMPTS)], max_tokens))
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    ok = [r for r in results if r["ok"]]
+    gaps = [g for r in ok for g in r["gaps"]]
+    tokens = sum(r["tokens"] for r in ok)
+    return {
+        "concurrency": concurrency, "requests": requests, "failures": len(results) - len(ok),
+        "failure_kinds": sorted({str(r["status"]) for r in results if not r["ok"]}),
+        "ttft_p50": pct([r["ttft"] for r in ok], 0.5), "ttft_p95": pct([r["ttft"] for r in ok], 0.95),
+        "itl_p50": pct(gaps, 0.5), "itl_p95": pct(gaps, 0.95),
+        "requests_per_s": len(ok) / wall, "output_tok_per_s": tokens / wall, "tokens": tokens, "wall_s": wall,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, path: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise SystemExit("server did not become ready")
+
+
+def start_ovchat(model: str, extra: list[str], log) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ovchat.cli", "serve", "--model", model, "--port", str(port),
+                             "--max-concurrency", "16", *extra], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc, "/health")
+    return proc, url
+
+
+def start_llama(python: str, gguf: Path, log) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    threads = str(os.cpu_count() or 2)
+    proc = subprocess.Popen([python, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(port),
+                             "--n_threads", threads, "--n_ctx", "4096", "--verbose", "False",
+                             "--interrupt_requests", "False"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc, "/v1/models")
+    return proc, url
+
+
+def run_all(name: str, url: str, model: str, levels: list[int], max_tokens: int, per_level: int) -> list[dict]:
+    asyncio.run(level(url, model, 1, 2, 8))  # warm up: first inferences of a process are slower
+    rows = []
+    for c in levels:
+        row = asyncio.run(level(url, model, c, max(per_level, 2 * c), max_tokens))
+        row["server"] = name
+        rows.append(row)
+        print(f"{name:>10} c={c:<3} ok={row['requests'] - row['failures']:<3} fail={row['failures']} "
+              f"ttft p50 {row['ttft_p50'] * 1000:.0f} ms p95 {row['ttft_p95'] * 1000:.0f} ms  "
+              f"itl p50 {row['itl_p50'] * 1000:.1f} ms p95 {row['itl_p95'] * 1000:.1f} ms  "
+              f"{row['requests_per_s']:.2f} req/s  {row['output_tok_per_s']:.1f} tok/s", flush=True)
+    return rows
+
+
+def ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1000:.0f}"
+
+
+def report(rows: list[dict], args, out: Path) -> None:
+    lines = [
+        "# Server load: ovchat serve vs llama.cpp's server",
+        "",
+        f"Command: `.venv/bin/python benchmarks/serve_load.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"model {args.model}, greedy, up to {args.max_tokens} new tokens per request, streamed.",
+        "",
+        "| server | clients | requests | failures | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms "
+        "| req/s | output tok/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['server']} | {r['concurrency']} | {r['requests']} | {r['failures']} | {ms(r['ttft_p50'])} "
+                     f"| {ms(r['ttft_p95'])} | {r['itl_p50'] * 1000:.1f} | {r['itl_p95'] * 1000:.1f} "
+                     f"| {r['requests_per_s']:.2f} | {r['output_tok_per_s']:.1f} |")
+    for server in sorted({r["server"] for r in rows}):
+        mine = {r["concurrency"]: r for r in rows if r["server"] == server}
+        if 1 in mine and 8 in mine:
+            ratio = mine[8]["output_tok_per_s"] / mine[1]["output_tok_per_s"]
+            lines.append(f"\n{server}: output tok/s at 8 clients = {ratio:.2f}× 1 client.")
+    lines.append("\nTokens are counted as streamed content chunks (one per token for both servers). "
+                 "llama-cpp-python's server runs one request at a time (no continuous batching; queued, "
+                 "not interrupted); "
+                 "ovchat serve batches up to 16 here.")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--levels", default="1,2,4,8,16")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--per-level", type=int, default=8, help="Requests per level (at least 2 per client).")
+    parser.add_argument("--url", help="Measure an already running server instead of starting ovchat serve.")
+    parser.add_argument("--llama-python", help="A Python with llama-cpp-python[server]: measure it on the same GGUF.")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_load"))
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    rows: list[dict] = []
+    with tempfile.TemporaryFile("w+") as log:
+        if args.url:
+            rows += run_all("server", args.url.rstrip("/"), args.model, levels, args.max_tokens, args.per_level)
+        else:
+            proc, url = start_ovchat(args.model, [], log)
+            try:
+                served = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+                rows += run_all("ovchat", url, served, levels, args.max_tokens, args.per_level)
+            finally:
+                proc.terminate()
+                proc.wait()
+        if args.llama_python:
+            from ovchat import catalog
+
+            gguf = catalog.materialize(catalog.resolve(args.model))
+            if not re.search(r"\.gguf$", str(gguf)):
+                raise SystemExit(f"{args.model} is not a GGUF source; llama.cpp needs one")
+            proc, url = start_llama(args.llama_python, gguf, log)
+            try:
+                rows += run_all("llama.cpp", url, args.model, levels, args.max_tokens, args.per_level)
+            finally:
+                proc.terminate()
+                proc.wait()
+    report(rows, args, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The server's engine process: OpenVINO GenAI's continuous batching, stepped in a loop.
+
+It runs in its own process because `ContinuousBatchingPipeline.step()` holds Python's GIL for the
+whole step: in the server's process it would freeze the event loop (accepts, 503s, disconnects)
+for tens of milliseconds at a time. Here it owns the GIL, and a crash cannot take the HTTP side
+down with it.
+
+Protocol over two one-way pipes (tuples, pickled by multiprocessing):
+  server → engine  ("add", rid, token_ids, config)  ("cancel", rid)  ("close",)
+  engine → server  ("ready", info)  ("fatal", message)
+                   ("step", [(rid, new_token_ids, finish), ...], seconds_spent_stepping)
+finish: None while running, then "stop" | "length" | "cancelled" | "error:<message>"
+        | "error:schema:<message>" (the request's JSON schema broke the grammar compiler).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+
+def generation_config(config: dict):
+    import openvino_genai as ov_genai
+
+    out = ov_genai.GenerationConfig()
+    out.max_new_tokens = config["max_new_tokens"]
+    out.stop_token_ids = set(config["stop_token_ids"])
+    out.presence_penalty = config.get("presence_penalty", 0.0)
+    out.frequency_penalty = config.get("frequency_penalty", 0.0)
+    out.repetition_penalty = config.get("repetition_penalty", 1.0)
+    if config.get("temperature", 0.0) > 0:
+        out.do_sample = True
+        out.temperature = config["temperature"]
+        out.top_p = config.get("top_p", 1.0)
+        out.top_k = config.get("top_k") or out.top_k
+        if config.get("rng_seed") is not None:
+            out.rng_seed = config["rng_seed"]
+    if config.get("json_schema") is not None:
+        out.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=config["json_schema"])
+    return out
+
+
+def _pipeline(path: str, device: str, properties: dict, scheduler: dict):
+    import openvino_genai as ov_genai
+
+    sched = ov_genai.SchedulerConfig()
+    for key, value in scheduler.items():
+        setattr(sched, key, value)
+    return ov_genai.ContinuousBatchingPipeline(path, sched, device, properties)
+
+
+def main(inbox: Connection, outbox: Connection, path: str, device: str, properties: dict, scheduler: dict) -> None:
+    # The server decides when to stop (it finishes in-flight requests first); a Ctrl-C or SIGTERM sent
+    # to the whole process group must not kill generation under it. EOF on the pipe ends us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        pipe = _pipeline(path, device, properties, scheduler)
+        _warm_up(pipe)
+    except Exception as exc:  # noqa: BLE001 (reported to the server, which exits with it)
+        outbox.send(("fatal", f"OpenVINO could not load the model on {device}: {_line(exc)}"))
+        return
+    outbox.send(("ready", {}))
+    try:
+        _loop(inbox, outbox, _Engine(pipe, lambda: _pipeline(path, device, properties, scheduler)))
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass
+
+
+WARM_UP_ID = 2**62  # far from the server's request ids, which count up from 1
+
+
+def _warm_up(pipe) -> None:
+    """A process's first inference pays a one-time preparation (~0.7 s on a small CPU): pay it here,
+    before /health says ready, not in the first user's time to first token."""
+    import openvino_genai as ov_genai
+
+    config = ov_genai.GenerationConfig(max_new_tokens=2)
+    config.ignore_eos = True
+    handle = pipe.add_request(WARM_UP_ID, pipe.get_tokenizer().encode("hello " * 16).input_ids, config)
+    while handle.get_status() == ov_genai.GenerationStatus.RUNNING:
+        pipe.step()
+
+
+def _line(exc: BaseException) -> str:
+    """One line for the log: OpenVINO's messages end with their point; build paths are cut off."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = lines[-1] if lines else type(exc).__name__
+    return re.sub(r"^\[[\d:]+\]\s*|\S*[/\\]\S*:\d+:\s*", "", line)[-300:]
+
+
+@dataclass
+class _Request:
+    handle: object
+    ids: list[int]  # the prompt
+    config: dict
+    generated: list[int] = field(default_factory=list)
+    cancelled: bool = False
+
+
+class _Engine:
+    """The pipeline and the requests in it. A step that throws (a grammar the compiler rejects is the
+    known cause) leaves the pipeline unusable: the requests added with a schema since the last good
+    step fail, the pipeline is rebuilt, and the others resume where they were."""
+
+    def __init__(self, pipe, rebuild):
+        import openvino_genai as ov_genai
+
+        self.pipe, self.rebuild = pipe, rebuild
+        self.spent = 0.0  # seconds the last step took
+        self.requests: dict[int, _Request] = {}
+        self.fresh: set[int] = set()  # added since the last good step
+        self.running = ov_genai.GenerationStatus.RUNNING
+        self.finished = ov_genai.GenerationStatus.FINISHED
+        self.reasons = {ov_genai.GenerationFinishReason.STOP: "stop", ov_genai.GenerationFinishReason.LENGTH: "length"}
+
+    def add(self, rid: int, ids: list[int], config: dict, generated: list[int] | None = None) -> str | None:
+        """Put a request in the pipeline (resuming after `generated`); an error finish if it cannot be."""
+        import numpy as np
+        import openvino as ov
+
+        generated = generated or []
+        left = config["max_new_tokens"] - len(generated)
+        if left <= 0:
+            return "length"
+        try:
+            tensor = ov.Tensor(np.asarray([ids + generated], dtype=np.int64))
+            handle = self.pipe.add_request(rid, tensor, generation_config({**config, "max_new_tokens": left}))
+        except Exception as exc:  # noqa: BLE001 (a request the pipeline refuses fails alone)
+            _log(f"request {rid} refused: {_line(exc)}")
+            return "error:the engine refused this request"
+        self.requests[rid] = _Request(handle, ids, config, generated)
+        self.fresh.add(rid)
+        return None
+
+    def cancel(self, rid: int) -> None:
+        request = self.requests.get(rid)
+        if request is not None and not request.cancelled:
+            request.handle.cancel()
+            request.cancelled = True
+
+    def step(self) -> list[tuple]:
+        started = time.perf_counter()
+        try:
+            self.pipe.step()
+        except Exception as exc:  # noqa: BLE001
+            return self._recover(exc)
+        self.fresh.clear()
+        updates = []
+        for rid, request in list(self.requests.items()):
+            handle, new, finish = request.handle, [], None
+            if handle.can_read():
+                for output in handle.read().values():  # one sequence per request (n=1)
+                    new += list(output.generated_ids)
+                    finish = self.reasons.get(output.finish_reason, finish)
+            status = handle.get_status()
+            if status != self.running:
+                if request.cancelled:
+                    finish = "cancelled"
+                elif status != self.finished:  # IGNORED: the prompt cannot fit the KV cache at all
+                    finish = "error:the prompt does not fit the KV cache; raise --kv-cache-gb"
+                finish = finish or "stop"
+            request.generated += new
+            if new or finish:
+                updates.append((rid, new, finish))
+            if finish:
+                del self.requests[rid]
+        self.spent = time.perf_counter() - started
+        return updates
+
+    def _recover(self, exc: Exception) -> list[tuple]:
+        problem = _line(exc)
+        _log(f"a step failed, rebuilding the pipeline: {problem}")
+        suspects = {rid for rid in self.fresh if self.requests[rid].config.get("json_schema")}
+        updates = []
+        for rid in suspects or set(self.requests):
+            finish = f"error:schema:{problem}" if suspects else "error:the engine failed"
+            updates.append((rid, [], finish))
+            del self.requests[rid]
+        survivors, self.requests, self.fresh = self.requests, {}, set()
+        del self.pipe
+        self.pipe = self.rebuild()
+        for rid, request in survivors.items():
+            if request.cancelled:
+                updates.append((rid, [], "cancelled"))
+            elif finish := self.add(rid, request.ids, request.config, request.generated):
+                updates.append((rid, [], finish))
+        self.spent = 0.0
+        return updates
+
+
+def _log(message: str) -> None:
+    print(f"ovchat engine: {message}", file=sys.stderr, flush=True)
+
+
+def _loop(inbox: Connection, outbox: Connection, engine: _Engine) -> None:
+    while True:
+        # Take every waiting message; block only when there is nothing to step.
+        while inbox.poll(0 if engine.requests else None):
+            message = inbox.recv()
+            if message[0] == "close":
+                return
+            if message[0] == "cancel":
+                engine.cancel(message[1])
+            elif finish := engine.add(*message[1:]):
+                outbox.send(("step", [(message[1], [], finish)], 0.0))
+        if engine.requests:
+            updates = engine.step()
+            if updates:
+                outbox.send(("step", updates, engine.spent))

@@ -1,0 +1,361 @@
+"""`ovchat serve` on the real SmolLM2, through the official `openai` client and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def sse_events(response: httpx.Response) -> list[str]:
+    """The data payloads of an SSE response, checking the framing on the way."""
+    body = response.read().decode()
+    assert body.endswith("data: [DONE]\n\n")
+    events = []
+    for block in body.split("\n\n")[:-2]:  # the last two: [DONE] and the empty tail
+        if block.startswith(":"):  # a keep-alive comment
+            continue
+        assert block.startswith("data: ") and "\n" not in block, block
+        events.append(block[6:])
+    return events
+
+
+def test_chat_stream_matches_non_stream(server):
+    client = server.client()
+    whole = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=40)
+    text = whole.choices[0].message.content
+    assert "Paris" in text
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage.prompt_tokens > 0 and whole.usage.completion_tokens > 0
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+
+    chunks = list(client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=40, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == [
+        whole.choices[0].finish_reason
+    ]
+    assert len({c.id for c in chunks}) == 1
+    assert all(c.usage is None for c in chunks)
+
+
+def test_stream_framing_and_usage_chunk(server):
+    body = {"messages": QUESTION, "max_tokens": 20, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response)
+    chunks = [json.loads(e) for e in events]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert sum(1 for c in chunks for ch in c["choices"] if ch["finish_reason"]) == 1
+    contents = [c for c in chunks[:-1] if c["choices"][0]["delta"].get("content")]
+    assert chunks[-1]["usage"]["completion_tokens"] >= len(contents) >= 1
+
+
+def test_completions_stream_and_tokens(server):
+    client = server.client()
+    whole = client.completions.create(model="smollm2-135m", prompt="Once upon a time", max_tokens=16)
+    assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 16
+    streamed = client.completions.create(model="smollm2-135m", prompt="Once upon a time", max_tokens=16, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+    # A prompt given as token ids gives the same answer as its text.
+    as_text = client.completions.create(model="smollm2-135m", prompt="Hello, we can use", max_tokens=8)
+    as_ids = client.completions.create(model="smollm2-135m", prompt=[19556, 28, 392, 416, 722], max_tokens=8)
+    assert as_ids.choices[0].text == as_text.choices[0].text
+    assert as_ids.usage.prompt_tokens == as_text.usage.prompt_tokens == 5
+
+
+def test_stop_strings_cut_exactly(server):
+    client = server.client()
+    ask = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+    full = client.chat.completions.create(model="smollm2-135m", messages=ask, max_tokens=40).choices[0].message.content
+    assert "4" in full
+    cut = client.chat.completions.create(model="smollm2-135m", messages=ask, max_tokens=40, stop=["4"])
+    assert cut.choices[0].message.content == full[: full.index("4")]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(model="smollm2-135m", messages=ask, max_tokens=40, stop="4", stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == full[: full.index("4")]
+
+
+def test_models_and_health(server):
+    client = server.client()
+    assert [m.id for m in client.models.list()] == ["smollm2-135m"]
+    assert client.models.retrieve("smollm2-135m").id == "smollm2-135m"
+    for name in ("gpt-4", "../../etc/passwd", "smollm2-135m/../x"):
+        with pytest.raises(openai.NotFoundError) as err:
+            client.chat.completions.create(model=name, messages=QUESTION, max_tokens=1)
+        assert err.value.code == "model_not_found"
+    assert httpx.get(server.base_url + "/v1/models/gpt-4").json()["error"]["code"] == "model_not_found"
+    health = httpx.get(server.base_url + "/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_json_output(server):
+    client = server.client()
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                               "age": {"type": "integer"}}, "required": ["name", "age"],
+              "additionalProperties": False}
+    answer = client.chat.completions.create(
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": "Give me a person as JSON."}],
+        max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
+    )
+    person = json.loads(answer.choices[0].message.content)
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int)
+    # A schema the grammar compiler would choke on is refused up front; the engine stays healthy.
+    for bad in ({"type": "objec"}, {"type": "string", "pattern": "([a-z"}, False,
+                {"type": "string", "minLength": 5, "maxLength": 2}):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="smollm2-135m", messages=QUESTION, max_tokens=5,
+                response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": bad}},
+            )
+    assert client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=2).choices
+
+
+def _good(server) -> None:
+    answer = httpx.post(server.base_url + "/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 2})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"]
+
+
+M = [{"role": "user", "content": "hi"}]
+BAD_CHAT = [
+    ("malformed JSON", b"{bad", None),
+    ("array body", b"[1, 2]", None),
+    ("number body", b"3", None),
+    ("null body", b"null", None),
+    ("no messages", {}, "messages"),
+    ("null messages", {"messages": None}, "messages"),
+    ("string messages", {"messages": "hi"}, "messages"),
+    ("empty messages", {"messages": []}, "messages"),
+    ("number message", {"messages": [123]}, "messages[0]"),
+    ("empty message", {"messages": [{}]}, "messages[0].role"),
+    ("role not a string", {"messages": [{"role": 1, "content": "x"}]}, "messages[0].role"),
+    ("unknown role", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+    ("content a number", {"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ("content an image", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
+    ("max_tokens 0", {"messages": M, "max_tokens": 0}, "max_tokens"),
+    ("max_tokens -1", {"messages": M, "max_tokens": -1}, "max_tokens"),
+    ("max_tokens string", {"messages": M, "max_tokens": "5"}, "max_tokens"),
+    ("max_tokens float", {"messages": M, "max_tokens": 1.5}, "max_tokens"),
+    ("max_tokens 2**32", {"messages": M, "max_tokens": 2**32}, "max_tokens"),
+    ("max_completion_tokens 0", {"messages": M, "max_completion_tokens": 0}, "max_completion_tokens"),
+    ("temperature < 0", {"messages": M, "temperature": -0.1}, "temperature"),
+    ("temperature > 2", {"messages": M, "temperature": 2.5}, "temperature"),
+    ("temperature string", {"messages": M, "temperature": "hot"}, "temperature"),
+    ("top_p 0", {"messages": M, "top_p": 0}, "top_p"),
+    ("top_p > 1", {"messages": M, "top_p": 1.5}, "top_p"),
+    ("stop a number", {"messages": M, "stop": 5}, "stop"),
+    ("too many stops", {"messages": M, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ("empty stop", {"messages": M, "stop": [""]}, "stop"),
+    ("stream not a bool", {"messages": M, "stream": "yes"}, "stream"),
+    ("stream_options without stream", {"messages": M, "stream_options": {"include_usage": True}}, "stream_options"),
+    ("n 2", {"messages": M, "n": 2}, "n"),
+    ("penalty out of range", {"messages": M, "presence_penalty": 3}, "presence_penalty"),
+    ("unknown response_format", {"messages": M, "response_format": {"type": "xml"}}, "response_format.type"),
+    ("json_schema without schema", {"messages": M, "response_format": {"type": "json_schema"}},
+     "response_format.json_schema"),
+    ("logprobs", {"messages": M, "logprobs": True}, "logprobs"),
+    ("tools", {"messages": M, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("seed a string", {"messages": M, "seed": "1"}, "seed"),
+    ("top_k huge", {"messages": M, "top_k": 2**64}, "top_k"),
+    ("tool_choice", {"messages": M, "tool_choice": "required"}, "tool_choice"),
+    ("functions", {"messages": M, "functions": [{"name": "f"}]}, "functions"),
+    ("top_logprobs", {"messages": M, "top_logprobs": 3}, "top_logprobs"),
+    ("deeply nested JSON", b"[" * 100000, None),
+    ("a 5000-digit number", b'{"messages": [], "max_tokens": ' + b"9" * 5000 + b"}", None),
+    ("schema with a dangling $ref", {"messages": M, "response_format": {"type": "json_schema", "json_schema": {
+        "schema": {"$ref": "#/$defs/missing"}}}}, "response_format.json_schema.schema"),
+    ("schema with lookahead", {"messages": M, "response_format": {"type": "json_schema", "json_schema": {
+        "schema": {"type": "string", "pattern": "(?=a)b"}}}}, "response_format.json_schema.schema"),
+    ("schema with an empty enum", {"messages": M, "response_format": {"type": "json_schema", "json_schema": {
+        "schema": {"enum": []}}}}, "response_format.json_schema.schema"),
+]
+
+
+@pytest.mark.parametrize("body,param", [(b, p) for _, b, p in BAD_CHAT], ids=[n for n, _, _ in BAD_CHAT])
+def test_bad_chat_input_is_a_400(server, body, param):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    answer = httpx.post(server.base_url + "/v1/chat/completions", content=raw,
+                        headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert error["param"] == param and error["message"]
+    _good(server)
+
+
+BAD_COMPLETION = [
+    ("no prompt", {}, "prompt"),
+    ("empty prompt", {"prompt": ""}, "prompt"),
+    ("prompt a number", {"prompt": 5}, "prompt"),
+    ("negative token id", {"prompt": [-1]}, "prompt"),
+    ("token id past the vocabulary", {"prompt": [10**9]}, "prompt"),
+    ("several prompts", {"prompt": ["a", "b"]}, "prompt"),
+    ("echo", {"prompt": "a", "echo": True}, "echo"),
+]
+
+
+@pytest.mark.parametrize("body,param", [(b, p) for _, b, p in BAD_COMPLETION], ids=[n for n, _, _ in BAD_COMPLETION])
+def test_bad_completion_input_is_a_400(server, body, param):
+    answer = httpx.post(server.base_url + "/v1/completions", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == param
+    _good(server)
+
+
+def test_wrong_content_type_and_big_bodies(server):
+    url = server.base_url + "/v1/chat/completions"
+    answer = httpx.post(url, content=json.dumps({"messages": M}), headers={"Content-Type": "text/plain"})
+    assert answer.status_code == 415 and answer.json()["error"]["message"]
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]}).encode()
+    answer = httpx.post(url, content=big, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "body_too_large"
+
+    def chunks():  # no Content-Length: the cap must hold while reading
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(6):
+            yield b"x" * (1024 * 1024)
+        yield b'"}]}'
+
+    answer = httpx.post(url, content=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413
+    assert httpx.post(url, json={"messages": M, "max_tokens": 2}).status_code == 200
+    unknown = httpx.post(url, json={"messages": M, "max_tokens": 2, "some_future_field": {"a": 1}})
+    assert unknown.status_code == 200
+
+
+def test_context_window(server):
+    client = server.client()
+    context = httpx.get(server.base_url + "/v1/models").json()["data"][0]["context_length"]
+    huge = "hello " * context
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": huge}])
+    assert err.value.code == "context_length_exceeded" and str(context) in err.value.message
+    # The refusal comes before any stream bytes: a plain JSON 400, not an event stream.
+    body = {"messages": [{"role": "user", "content": huge}], "stream": True}
+    with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 400
+        assert response.headers["content-type"].startswith("application/json")
+    _good(server)
+
+
+def test_eight_concurrent_streams_each_get_their_own_answer(server):
+    client = server.client()
+    prompts = ["What is the capital of France?", "Write a haiku about the sea.", "Count from 1 to 10.",
+               "Tell me a joke about cats.", "Explain gravity in one sentence.", "List three colors.",
+               "What is 2+2?", "Name a famous painter."]
+    solo = {}
+    for p in prompts:
+        answer = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": p}],
+                                                max_tokens=32)
+        solo[p] = (answer.choices[0].message.content, answer.usage.completion_tokens)
+    got: dict[str, tuple[str, int]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(prompts))
+
+    def ask(p: str) -> None:
+        try:
+            start.wait()
+            stream = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": p}],
+                                                    max_tokens=32, stream=True, stream_options={"include_usage": True})
+            chunks = list(stream)
+            got[p] = ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+                      chunks[-1].usage.completion_tokens)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert got == solo  # no token bleed, usage per request, and the same text as alone (greedy)
+
+
+def test_a_schema_the_compiler_rejects_fails_alone(server):
+    """Past the up-front checks, a schema that breaks the grammar compiler mid-step costs only its own
+    request: the others in the batch resume where they were and give the same answer."""
+    story = {"messages": [{"role": "user", "content": "Tell me a long story about a dragon."}], "max_tokens": 60}
+    url = server.base_url + "/v1/chat/completions"
+    alone = httpx.post(url, json=story, timeout=120).json()["choices"][0]["message"]["content"]
+    results = {}
+    neighbour = threading.Thread(target=lambda: results.update(good=httpx.post(url, json=story, timeout=120)))
+    neighbour.start()
+    time.sleep(0.3)
+    bad = httpx.post(url, timeout=120, json={
+        "messages": M, "max_tokens": 5,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {
+            "type": "integer", "minimum": 1.5, "maximum": 1.7}}}})
+    neighbour.join(120)
+    assert bad.status_code == 400, bad.text
+    error = bad.json()["error"]
+    assert error["code"] == "invalid_json_schema" and error["param"] == "response_format"
+    assert "/" not in error["message"] and ".cc" not in error["message"]  # no build paths
+    assert results["good"].status_code == 200
+    assert results["good"].json()["choices"][0]["message"]["content"] == alone
+    _good(server)
+
+
+def test_unseeded_samples_differ(server):
+    client = server.client()
+    kwargs = dict(model="smollm2-135m", messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=24,
+                  temperature=1.0)
+    texts = {client.chat.completions.create(**kwargs).choices[0].message.content for _ in range(3)}
+    assert len(texts) > 1
+
+
+def test_same_seed_same_sample(server):
+    client = server.client()
+    kwargs = dict(model="smollm2-135m", messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=24,
+                  temperature=1.0, seed=1234)
+    first = client.chat.completions.create(**kwargs).choices[0].message.content
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        client.chat.completions.create(**kwargs).choices[0].message.content)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [first] * 3
+
+
+def test_metrics_count_requests_and_tokens(server):
+    deadline = time.monotonic() + 30  # an earlier test's cancelled job may still be counting
+    while server.metric("ovchat_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    before = server.metric("ovchat_generation_tokens_total")
+    server.client().completions.create(model="smollm2-135m", prompt="Hello", max_tokens=5)
+    assert server.metric("ovchat_generation_tokens_total") == before + 5
+    text = httpx.get(server.base_url + "/metrics").text
+    for name in ("ovchat_requests_total", "ovchat_queue_depth", "ovchat_requests_running",
+                 "ovchat_prompt_tokens_total", "ovchat_time_to_first_token_seconds_bucket",
+                 "ovchat_time_per_output_token_seconds_count"):
+        assert name in text
+    assert 'ovchat_requests_total{path="/v1/completions",status="200"}' in text
+
+
+def test_readme_serve_example_runs(server):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"### Serve\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    assert "http://127.0.0.1:8000/v1" in code
+    code = code.replace("http://127.0.0.1:8000", server.base_url)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
