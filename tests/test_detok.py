@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ovchat.detok import IncrementalDecoder, StopMatcher
+from ovchat.server.detok import IncrementalDecoder, StopMatcher
 
 TEXT = "Café déjà vu — 東京 🎉 emoji 👩‍👩‍👧 and  spaces   here.\nNew line!\ttab " * 12
 

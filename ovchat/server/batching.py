@@ -1,6 +1,6 @@
 """The server's side of the engine: admission, a bounded queue, and one token stream per request.
 
-The engine itself runs in a child process (see worker.py). This side lives on the asyncio event
+The engine itself runs in a child process (see engine_process.py). This side lives on the asyncio event
 loop: `submit()` admits a request or refuses it at once, and each `Job` is an async stream of token
 batches that a reader thread feeds from the engine's pipe.
 """
@@ -16,8 +16,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import worker
-from .errors import OvchatError
+from ..errors import OvchatError
+from . import engine_process
 
 
 class Overloaded(Exception):
@@ -71,7 +71,7 @@ class BatchEngine:
         engine_in, self._to_engine = context.Pipe(duplex=False)
         self._from_engine, engine_out = context.Pipe(duplex=False)
         self._process = context.Process(
-            target=worker.main,
+            target=engine_process.main,
             args=(engine_in, engine_out, str(path), device, properties, scheduler),
             name="ovchat-engine",
             daemon=True,

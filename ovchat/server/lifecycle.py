@@ -1,0 +1,132 @@
+"""Running the server: checks before the port opens, the engine process, uvicorn, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import socket
+
+from .. import engine
+from ..errors import OvchatError, describe
+from .app import Served, Settings, create_app, is_loopback
+from .batching import BatchEngine
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise OvchatError(f"cannot listen on {host}:{port} ({describe(exc)}); pick another --port or --host") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _scheduler(served: Served, settings: Settings) -> dict:
+    per_token = served.kv_bytes_per_token(settings.kv_cache_precision)
+    if settings.kv_cache_gb:
+        gigabytes = settings.kv_cache_gb
+    else:
+        # Room for every slot's full context, up to a third of this machine's memory.
+        wanted = per_token * served.context_length * settings.max_concurrency / 1e9
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        gigabytes = max(1, min(math.ceil(wanted), int(ram / 3)))
+    return {"cache_size": gigabytes, "max_num_seqs": settings.max_concurrency, "enable_prefix_caching": True}
+
+
+def serve(model: str, device: str, settings: Settings, *, cache_dir: str | None = None, say=print) -> int:
+    """Run the server until SIGINT/SIGTERM; returns the exit code (0 after a clean shutdown)."""
+    import uvicorn
+
+    if not is_loopback(settings.host) and not settings.api_key and not settings.allow_insecure:
+        raise OvchatError(
+            f"listening on {settings.host} without an API key would let anyone on the network use this machine; "
+            "set --api-key (or OVCHAT_API_KEY), or pass --insecure to accept that"
+        )
+    path, info = engine.prepare(model, device, log=say)  # a broken model folder fails here, before any port
+    served = Served.load(path, info, settings.context_length)
+    sock = _bind(settings.host, settings.port)
+    properties = engine.runtime_properties({"KV_CACHE_PRECISION": settings.kv_cache_precision}, cache_dir)
+    batch = BatchEngine(
+        path, device, properties, _scheduler(served, settings), settings.max_concurrency, settings.max_queue
+    )
+    app = create_app(served, batch, settings)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    say(
+        f"ovchat serve: {served.name} on {device}, context {served.context_length}, "
+        f"{settings.max_concurrency} at once + {settings.max_queue} queued; http://{shown}:{port}/v1 "
+        f"({'API key required' if settings.api_key else 'no API key'})"
+    )
+    config = uvicorn.Config(
+        app,
+        log_level="info",
+        timeout_graceful_shutdown=settings.shutdown_timeout,
+        log_config=None,  # uvicorn's loggers go through ours: stderr, one format, access lines included
+        server_header=False,
+    )
+    server = _Server(config)
+    code = 0
+    try:
+        code = asyncio.run(_run(server, sock, batch, say))
+    finally:
+        batch.close()
+        sock.close()
+    return code
+
+
+class _Server:
+    """uvicorn's server, with signals handled here: a SIGTERM drains and then exits 0 (uvicorn itself
+    re-raises the signal after draining, which would end the process with it)."""
+
+    def __new__(cls, config):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):
+                yield
+
+        return Server(config)
+
+
+async def _run(server, sock: socket.socket, batch: BatchEngine, say) -> int:
+    loop = asyncio.get_running_loop()
+    outcome = {"code": 0}
+
+    def stop(sig: int) -> None:
+        if server.should_exit:
+            server.force_exit = True  # a second signal: stop waiting for in-flight requests
+            return
+        say("ovchat serve: stopping — finishing in-flight requests (signal again to stop now)")
+        batch.closing = True
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+
+    async def watch_engine() -> None:
+        while batch.state == "loading":
+            await asyncio.sleep(0.05)
+        if batch.state == "ready":
+            say("ovchat serve: model loaded, ready")
+        while batch.state == "ready":
+            await asyncio.sleep(0.5)
+        if batch.state == "broken" and not server.should_exit:
+            say(f"error: {batch.problem}")
+            outcome["code"] = 1
+            server.should_exit = True
+
+    watcher = asyncio.create_task(watch_engine())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        watcher.cancel()
+    return outcome["code"]
