@@ -44,9 +44,10 @@ def pct(values: list[float], q: float) -> float | None:
 
 async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True}
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
     stamps: list[float] = []
+    usage = None
     try:
         async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
@@ -58,6 +59,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
                 chunk = json.loads(line[6:])
                 if "error" in chunk:
                     return {"ok": False, "status": "in-stream error"}
+                usage = chunk.get("usage") or usage
                 choices = chunk.get("choices") or []
                 if choices and (choices[0].get("delta") or {}).get("content"):
                     stamps.append(time.perf_counter())
@@ -66,8 +68,9 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
     if not stamps:
         return {"ok": False, "status": "no tokens"}
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]  # noqa: B905
-    return {"ok": True, "ttft": stamps[0] - started, "gaps": gaps, "tokens": len(stamps),
-            "end": stamps[-1]}
+    # Tokens: the server's own count when it reports usage, else one per content chunk.
+    tokens = usage["completion_tokens"] if usage else len(stamps)
+    return {"ok": True, "ttft": stamps[0] - started, "gaps": gaps, "tokens": tokens, "end": stamps[-1]}
 
 
 async def level(url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> dict:
@@ -191,7 +194,8 @@ def report(rows: list[dict], args, out: Path) -> None:
         if 1 in mine and 8 in mine:
             ratio = mine[8]["output_tok_per_s"] / mine[1]["output_tok_per_s"]
             lines.append(f"\n{server}: output tok/s at 8 clients = {ratio:.2f}× 1 client.")
-    lines.append("\nTokens are counted as streamed content chunks (one per token for both servers). "
+    lines.append("\nTokens are the servers' usage counts (else one per streamed chunk); ITL is the gap between "
+                 "content chunks. "
                  "llama-cpp-python's server runs one request at a time (no continuous batching; queued, "
                  "not interrupted); "
                  "ovchat serve batches up to 16 here.")
