@@ -245,7 +245,14 @@ def chat(model: str, system: str | None, device: str, cache_dir: str | None, ver
     show_default=True,
     help="f32 gives the same answer at any concurrency; u8 takes a quarter of the memory.",
 )
-@click.option("--device", "-d", default=DEFAULT_DEVICE, show_default=True, envvar="OVCHAT_DEVICE")
+@click.option(
+    "--device",
+    "-d",
+    default=DEFAULT_DEVICE,
+    show_default=True,
+    envvar="OVCHAT_DEVICE",
+    help="OpenVINO device (env OVCHAT_DEVICE).",
+)
 @click.option("--cache-dir", help='Compiled-model cache folder ("" turns it off).')
 @click.option("--allowed-host", multiple=True, help="Extra Host header names to accept (e.g. a LAN name).")
 @click.option(

@@ -125,7 +125,7 @@ def test_bad_sampling_parameters(tiny_model, kwargs, message):
 
 def test_runtime_path_imports_no_torch(tiny_phi3_ov):
     code = (
-        "import sys, ovchat; m = ovchat.load(sys.argv[1]); m.generate('Hi');"
+        "import sys, ovchat, ovchat.server, ovchat.cli; m = ovchat.load(sys.argv[1]); m.generate('Hi');"
         "bad = [x for x in ('torch', 'optimum', 'nncf', 'transformers') if x in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -9,6 +9,8 @@ import os
 import signal
 import socket
 
+import uvicorn
+
 from .. import engine
 from ..errors import OvchatError, describe
 from .app import Served, Settings, create_app, is_loopback
@@ -43,8 +45,6 @@ def _scheduler(served: Served, settings: Settings) -> dict:
 
 def serve(model: str, device: str, settings: Settings, *, cache_dir: str | None = None, say=print) -> int:
     """Run the server until SIGINT/SIGTERM; returns the exit code (0 after a clean shutdown)."""
-    import uvicorn
-
     if not is_loopback(settings.host) and not settings.api_key and not settings.allow_insecure:
         raise OvchatError(
             f"listening on {settings.host} without an API key would let anyone on the network use this machine; "
@@ -53,11 +53,17 @@ def serve(model: str, device: str, settings: Settings, *, cache_dir: str | None 
     path, info = engine.prepare(model, device, log=say)  # a broken model folder fails here, before any port
     served = Served.load(path, info, settings.context_length)
     sock = _bind(settings.host, settings.port)
+    try:
+        return _serve_on(sock, path, device, served, settings, cache_dir, say)
+    finally:
+        sock.close()
+
+
+def _serve_on(sock, path, device: str, served: Served, settings: Settings, cache_dir: str | None, say) -> int:
     properties = engine.runtime_properties({"KV_CACHE_PRECISION": settings.kv_cache_precision}, cache_dir)
     batch = BatchEngine(
         path, device, properties, _scheduler(served, settings), settings.max_concurrency, settings.max_queue
     )
-    app = create_app(served, batch, settings)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     say(
@@ -66,35 +72,25 @@ def serve(model: str, device: str, settings: Settings, *, cache_dir: str | None 
         f"({'API key required' if settings.api_key else 'no API key'})"
     )
     config = uvicorn.Config(
-        app,
+        create_app(served, batch, settings),
         log_level="info",
         timeout_graceful_shutdown=settings.shutdown_timeout,
         log_config=None,  # uvicorn's loggers go through ours: stderr, one format, access lines included
         server_header=False,
     )
-    server = _Server(config)
-    code = 0
     try:
-        code = asyncio.run(_run(server, sock, batch, say))
+        return asyncio.run(_run(_Server(config), sock, batch, say))
     finally:
         batch.close()
-        sock.close()
-    return code
 
 
-class _Server:
-    """uvicorn's server, with signals handled here: a SIGTERM drains and then exits 0 (uvicorn itself
-    re-raises the signal after draining, which would end the process with it)."""
+class _Server(uvicorn.Server):
+    """uvicorn's server, with signals handled in `_run`: a SIGTERM drains and then exits 0 (uvicorn
+    itself re-raises the signal after draining, which would end the process with it)."""
 
-    def __new__(cls, config):
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):
-                yield
-
-        return Server(config)
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
 
 
 async def _run(server, sock: socket.socket, batch: BatchEngine, say) -> int:
