@@ -294,6 +294,66 @@ def serve(
     sys.exit(run_server(model, device, settings, cache_dir=cache_dir, say=_say))
 
 
+def _int_list(ctx, param, value: str) -> list[int]:
+    try:
+        numbers = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated token counts like 32,512, not {value!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise click.BadParameter("every prompt length must be a positive integer")
+    return numbers
+
+
+@main.command()
+@model_option
+@click.option(
+    "--prompt-tokens",
+    default="32,512,2048",
+    show_default=True,
+    callback=_int_list,
+    help="Prompt lengths to measure, in tokens (exact).",
+)
+@click.option(
+    "--new-tokens",
+    type=click.IntRange(1),
+    default=128,
+    show_default=True,
+    help="Tokens generated per run (end-of-sequence ignored).",
+)
+@click.option("--runs", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=1, show_default=True, help="Runs made and discarded first.")
+@click.option(
+    "--device",
+    "-d",
+    default=DEFAULT_DEVICE,
+    show_default=True,
+    envvar="OVCHAT_DEVICE",
+    help="OpenVINO device (env OVCHAT_DEVICE).",
+)
+@click.option("--cache-dir", help='Compiled-model cache folder ("" turns it off).')
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a PNG chart.")
+def bench(model: str, json_path: str | None, plot_path: str | None, **options) -> None:
+    """Measure MODEL here: load, time to first token, prefill and decode rates, peak memory."""
+    import json
+
+    from . import bench as measure
+
+    with click.progressbar(length=1, label="measuring", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(done - bar.pos)
+
+        report = measure.run(model, progress=progress, log=_say, **options)
+    click.echo(measure.format_table(report))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=1)
+    if plot_path:
+        measure.plot(report, plot_path)
+
+
 @main.command()
 def models() -> None:
     """List the catalog aliases and the models already exported."""

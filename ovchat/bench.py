@@ -1,0 +1,205 @@
+"""`ovchat bench`: how fast a model runs here — load, time to first token, prefill and decode rates.
+
+Every run reads a prompt of exactly the asked token count and generates exactly the asked number of
+tokens (end-of-sequence ignored), so runs are comparable; each run's prompt starts differently, so
+the prefix cache never serves a prefill from an earlier run. Warm-up runs are made and discarded.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import engine
+from .errors import OvchatError, print_nothing
+
+# Ordinary English, so prompts are made of ordinary tokens; repeated to any length.
+FILLER = (
+    "The river ran past the old mill, where the miller kept a ledger of every sack of grain. "
+    "In the spring the water rose, and the children counted the boats that drifted by the bridge. "
+)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
+METRICS = ("ttft_ms", "prefill_tok_s", "tpot_ms", "decode_tok_s")
+
+
+def machine() -> dict:
+    """What the numbers depend on: CPU model, cores, vector ISA, OpenVINO version."""
+    import openvino as ov
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "openvino": ov.get_version(),
+        "python": platform.python_version(),
+    }
+
+
+def exact_prompt(tokenizer, length: int, variant: int) -> list[int]:
+    """`length` token ids of ordinary text whose first tokens differ with `variant`."""
+    head = engine.encode(tokenizer, f"Note {variant}: ", add_special_tokens=False)
+    body = engine.encode(tokenizer, FILLER, add_special_tokens=False)
+    ids = list(head)
+    while len(ids) < length:
+        ids += body
+    return ids[:length]
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _summary(values: Sequence[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run(
+    model: str,
+    *,
+    device: str = engine.DEFAULT_DEVICE,
+    prompt_tokens: Sequence[int] = (32, 512, 2048),
+    new_tokens: int = 128,
+    runs: int = 5,
+    warmup: int = 1,
+    cache_dir: str | None = None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+    log: Callable[[str], None] = print_nothing,
+) -> dict:
+    """Measure `model` and return the report (see `format_table` and the JSON it is saved as)."""
+    if runs < 1 or warmup < 0 or new_tokens < 1 or not prompt_tokens or min(prompt_tokens) < 1:
+        raise OvchatError("runs, new tokens and every prompt length must be positive (warm-up may be 0)")
+    path, _ = engine.prepare(model, device, log=log)  # exporting, if needed, is not part of load time
+    context = engine.context_length(path)
+    too_long = [n for n in prompt_tokens if n + new_tokens > context]
+    if too_long:
+        raise OvchatError(
+            f"prompt {too_long[0]} + {new_tokens} new tokens exceed {path.name}'s context of {context} tokens; "
+            "use shorter --prompt-tokens or fewer --new-tokens"
+        )
+    started = time.perf_counter()
+    handle = engine.load(str(path), device=device, cache_dir=cache_dir, log=log)
+    load_s = time.perf_counter() - started
+
+    import openvino as ov
+    import openvino_genai as ov_genai
+    from numpy import asarray, int64
+
+    config = ov_genai.GenerationConfig(max_new_tokens=new_tokens)
+    config.ignore_eos = True  # every run generates exactly new_tokens
+    config.stop_token_ids = set()
+    total, done, variant = len(prompt_tokens) * (runs + warmup), 0, 0
+    rows = []
+    for length in prompt_tokens:
+        samples: dict[str, list[float]] = {m: [] for m in METRICS}
+        for i in range(warmup + runs):
+            variant += 1
+            ids = exact_prompt(handle.tokenizer, length, variant)
+            result = handle.pipeline.generate(ov.Tensor(asarray([ids], dtype=int64)), config)
+            metrics = result.perf_metrics
+            generated = metrics.get_num_generated_tokens()
+            if metrics.get_num_input_tokens() != length or generated != new_tokens:
+                raise OvchatError(
+                    f"expected {length} → {new_tokens} tokens, the pipeline did "
+                    f"{metrics.get_num_input_tokens()} → {generated}"
+                )
+            done += 1
+            progress(done, total)
+            if i < warmup:
+                continue
+            ttft, tpot = metrics.get_ttft().mean, metrics.get_tpot().mean  # milliseconds
+            samples["ttft_ms"].append(ttft)
+            samples["prefill_tok_s"].append(length / ttft * 1000)
+            samples["tpot_ms"].append(tpot)
+            samples["decode_tok_s"].append(1000 / tpot)
+        summaries = {m: _summary(v) for m, v in samples.items()}
+        rows.append(
+            {"prompt_tokens": length, **summaries, "samples": {m: [round(x, 3) for x in v] for m, v in samples.items()}}
+        )
+    return {
+        "model": handle.name,
+        "folder": str(path),
+        "device": device,
+        "size_mb": round(_size_mb(path), 1),
+        "load_s": round(load_s, 3),
+        "new_tokens": new_tokens,
+        "runs": runs,
+        "warmup": warmup,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "machine": machine(),
+        "results": rows,
+    }
+
+
+def format_table(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"{report['model']} on {report['device']} · {report['size_mb']:.0f} MB on disk · load {report['load_s']:.2f} s"
+        f" · peak RSS {report['peak_rss_mb']:.0f} MB",
+        f"{m['cpu']}, {m['cores']} cores, {' '.join(m['isa']) or 'no AVX2'}, OpenVINO {m['openvino']}",
+        f"{report['new_tokens']} new tokens per run, median (min–max) of {report['runs']} runs, "
+        f"{report['warmup']} warm-up",
+        "",
+        f"{'prompt':>7}  {'first token ms':>20}  {'prefill tok/s':>20}  {'per token ms':>18}  {'decode tok/s':>18}",
+    ]
+    for row in report["results"]:
+        cells = []
+        for name, width, digits in (
+            ("ttft_ms", 20, 0),
+            ("prefill_tok_s", 20, 0),
+            ("tpot_ms", 18, 1),
+            ("decode_tok_s", 18, 1),
+        ):
+            s = row[name]
+            cells.append(f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})".rjust(width))
+        lines.append(f"{row['prompt_tokens']:>7}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def plot(report: dict, out: Path) -> Path:
+    """A PNG for people: time to first token and decode rate by prompt length."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise OvchatError("--plot needs matplotlib: pip install 'ovchat[bench]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    labels = [str(r["prompt_tokens"]) for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for axis, name, title in (
+        (left, "ttft_ms", "time to first token (ms)"),
+        (right, "decode_tok_s", "decode (tokens/s)"),
+    ):
+        medians = [r[name]["median"] for r in rows]
+        spread = [
+            [m - r[name]["min"] for m, r in zip(medians, rows, strict=True)],
+            [r[name]["max"] - m for m, r in zip(medians, rows, strict=True)],
+        ]
+        axis.bar(labels, medians, yerr=spread, capsize=4, color="#4a7ab5")
+        axis.set_title(title)
+        axis.set_xlabel("prompt tokens")
+    fig.suptitle(f"{report['model']} · {report['machine']['cpu']} · {report['machine']['cores']} cores", fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
