@@ -18,7 +18,8 @@ def test_prompts_have_the_exact_length_and_differ_by_variant(request, folder):
     for length in (1, 7, 100, 513):
         assert len(bench.exact_prompt(tokenizer, length, 1)) == length
     a, b = bench.exact_prompt(tokenizer, 64, 1), bench.exact_prompt(tokenizer, 64, 2)
-    assert a[:4] != b[:4]  # different starts: no prefix-cache hit between runs
+    first_difference = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+    assert first_difference < 16  # runs share at most a few leading tokens: prefill is not served from cache
 
 
 def test_run_measures_only_the_counted_runs(tiny_phi3_ov):
