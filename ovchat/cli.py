@@ -113,20 +113,37 @@ def _options(*decorators):
 
 
 # What generate and chat share: the model, where it runs, and how tokens are picked.
+device_option = click.option(
+    "--device",
+    "-d",
+    default=DEFAULT_DEVICE,
+    show_default=True,
+    envvar="OVCHAT_DEVICE",
+    help="OpenVINO device: CPU, GPU, NPU or AUTO (env OVCHAT_DEVICE).",
+)
+cache_dir_option = click.option(
+    "--cache-dir", help='Compiled-model cache folder ("" turns it off; default: in the models directory).'
+)
+concurrency_option = click.option(
+    "--max-concurrency",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Requests generating at once (continuous batching; OVMS's max_num_seqs).",
+)
+kv_precision_option = click.option(
+    "--kv-cache-precision",
+    type=click.Choice(["f32", "f16", "u8"]),
+    default="f32",
+    show_default=True,
+    help="f32 gives the same answer at any concurrency; u8 takes a quarter of the memory.",
+)
+
 run_options = _options(
     model_option,
     click.option("--system", help="System prompt."),
-    click.option(
-        "--device",
-        "-d",
-        default=DEFAULT_DEVICE,
-        show_default=True,
-        envvar="OVCHAT_DEVICE",
-        help="OpenVINO device: CPU, GPU, NPU or AUTO (env OVCHAT_DEVICE).",
-    ),
-    click.option(
-        "--cache-dir", help='Compiled-model cache folder ("" turns it off; default: in the models directory).'
-    ),
+    device_option,
+    cache_dir_option,
     click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS, show_default=True),
     click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True, help="0 is greedy."),
     click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
@@ -211,13 +228,7 @@ def chat(model: str, system: str | None, device: str, cache_dir: str | None, ver
     envvar="OVCHAT_API_KEY",
     help="Require 'Authorization: Bearer KEY' on /v1/* and /metrics (env OVCHAT_API_KEY).",
 )
-@click.option(
-    "--max-concurrency",
-    type=click.IntRange(1, 256),
-    default=8,
-    show_default=True,
-    help="Requests generating at once (continuous batching).",
-)
+@concurrency_option
 @click.option(
     "--max-queue",
     type=click.IntRange(0),
@@ -238,22 +249,9 @@ def chat(model: str, system: str | None, device: str, cache_dir: str | None, ver
     type=click.IntRange(1),
     help="KV cache size (default: every slot's full context, at most a third of RAM).",
 )
-@click.option(
-    "--kv-cache-precision",
-    type=click.Choice(["f32", "f16", "u8"]),
-    default="f32",
-    show_default=True,
-    help="f32 gives the same answer at any concurrency; u8 takes a quarter of the memory.",
-)
-@click.option(
-    "--device",
-    "-d",
-    default=DEFAULT_DEVICE,
-    show_default=True,
-    envvar="OVCHAT_DEVICE",
-    help="OpenVINO device (env OVCHAT_DEVICE).",
-)
-@click.option("--cache-dir", help='Compiled-model cache folder ("" turns it off).')
+@kv_precision_option
+@device_option
+@cache_dir_option
 @click.option("--allowed-host", multiple=True, help="Extra Host header names to accept (e.g. a LAN name).")
 @click.option(
     "--cors-origin", multiple=True, help="Browser origin allowed to call the API (repeatable; none by default)."
@@ -322,15 +320,8 @@ def _int_list(ctx, param, value: str) -> list[int]:
 )
 @click.option("--runs", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True, help="Runs made and discarded first.")
-@click.option(
-    "--device",
-    "-d",
-    default=DEFAULT_DEVICE,
-    show_default=True,
-    envvar="OVCHAT_DEVICE",
-    help="OpenVINO device (env OVCHAT_DEVICE).",
-)
-@click.option("--cache-dir", help='Compiled-model cache folder ("" turns it off).')
+@device_option
+@cache_dir_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a PNG chart.")
 def bench(model: str, json_path: str | None, plot_path: str | None, **options) -> None:
@@ -352,6 +343,40 @@ def bench(model: str, json_path: str | None, plot_path: str | None, **options) -
             json.dump(report, f, indent=1)
     if plot_path:
         measure.plot(report, plot_path)
+
+
+@main.command()
+@click.argument("repository", type=click.Path(file_okay=False))
+@model_option
+@click.option("--name", help="Model name in OVMS (default: ovchat's name for it).")
+@device_option
+@concurrency_option
+@click.option(
+    "--kv-cache-gb",
+    "cache_size_gb",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="KV cache size (OVMS cache_size).",
+)
+@kv_precision_option
+@click.option("--force", is_flag=True, help="Replace this model's folder in the repository.")
+def ovms(repository: str, model: str, max_concurrency: int, **options) -> None:
+    """Write an OpenVINO Model Server repository for MODEL into REPOSITORY (see docs/scaling.md).
+
+    \b
+    ovchat ovms ./ovms-models --model phi-3-mini
+    docker run -p 8000:8000 -v $PWD/ovms-models:/models openvino/model_server:latest \\
+      --rest_port 8000 --config_path /models/config.json
+    """
+    from .ovms import write_repository
+
+    config = write_repository(model, repository, max_num_seqs=max_concurrency, log=_say, **options)
+    click.echo(str(config))
+    _say(
+        f"serve it: docker run -p 8000:8000 -v {config.parent.resolve()}:/models openvino/model_server:latest "
+        "--rest_port 8000 --config_path /models/config.json   (clients: http://HOST:8000/v3)"
+    )
 
 
 @main.command()

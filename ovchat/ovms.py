@@ -1,0 +1,123 @@
+"""Hand an exported folder to OpenVINO Model Server (OVMS): write a model repository it serves as is.
+
+The repository holds `config.json` (a `mediapipe_config_list` entry per model) and, per model, a
+folder with the exported files and the `graph.pbtxt` of OVMS's continuous-batching LLM calculator
+(`HttpLLMCalculator` with `LLMCalculatorOptions`), with ovchat serve's runtime settings carried over.
+The same exported files are used: nothing is re-exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from . import engine
+from .errors import OvchatError
+
+# The fields of mediapipe.LLMCalculatorOptions ovchat sets, as OVMS's own export script writes them.
+GRAPH_TEMPLATE = """input_stream: "HTTP_REQUEST_PAYLOAD:input"
+output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+
+node: {{
+  name: "LLMExecutor"
+  calculator: "HttpLLMCalculator"
+  input_stream: "LOOPBACK:loopback"
+  input_stream: "HTTP_REQUEST_PAYLOAD:input"
+  input_side_packet: "LLM_NODE_RESOURCES:llm"
+  output_stream: "LOOPBACK:loopback"
+  output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+  input_stream_info: {{
+    tag_index: 'LOOPBACK:0',
+    back_edge: true
+  }}
+  node_options: {{
+    [type.googleapis.com / mediapipe.LLMCalculatorOptions]: {{
+      pipeline_type: LM_CB,
+      models_path: "./",
+      plugin_config: '{plugin_config}',
+      enable_prefix_caching: true,
+      cache_size: {cache_size},
+      max_num_seqs: {max_num_seqs},
+      device: "{device}",
+    }}
+  }}
+  input_stream_handler {{
+    input_stream_handler: "SyncSetInputStreamHandler",
+    options {{
+      [mediapipe.SyncSetInputStreamHandlerOptions.ext] {{
+        sync_set {{
+          tag_index: "LOOPBACK:0"
+        }}
+      }}
+    }}
+  }}
+}}
+"""
+# What OVMS's LLM calculator reads from the model folder.
+REQUIRED_FILES = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
+SKIPPED_FILES = ("ovchat_manifest.json",)  # ovchat's own; the copy is no longer an ovchat export
+
+
+def _place(source: Path, target: Path) -> None:
+    """A hard link where the file system allows (no second copy of the weights), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def write_repository(
+    model: str,
+    repository: str | os.PathLike,
+    *,
+    name: str | None = None,
+    device: str = engine.DEFAULT_DEVICE,
+    max_num_seqs: int = 8,
+    cache_size_gb: int = 2,
+    kv_cache_precision: str = "f32",
+    force: bool = False,
+    log=print,
+) -> Path:
+    """Write (or add to) an OVMS model repository for `model` and return its config.json path."""
+    path, info = engine.prepare(model, device, log=log)
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        raise OvchatError(f"{path} lacks {', '.join(missing)}, which OVMS needs: re-export it with `ovchat export`")
+    name = name or engine.model_name(path, info)
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise OvchatError(f"{name!r} cannot name a folder inside the repository; pass another --name")
+    root = Path(repository)
+    folder = root / name
+    if folder.exists() and not force:
+        raise OvchatError(f"{folder} already exists; pass --force to replace it")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for item in path.iterdir():
+        if item.is_file() and item.name not in SKIPPED_FILES:
+            _place(item, staging / item.name)
+    plugin_config = json.dumps(
+        {"KV_CACHE_PRECISION": kv_cache_precision, **engine.LATENCY_CONFIG}, separators=(", ", ": ")
+    )
+    (staging / "graph.pbtxt").write_text(
+        GRAPH_TEMPLATE.format(
+            plugin_config=plugin_config, cache_size=cache_size_gb, max_num_seqs=max_num_seqs, device=device
+        )
+    )
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(folder)
+    config = root / "config.json"
+    data = json.loads(config.read_text()) if config.is_file() else {}
+    entries = [e for e in data.get("mediapipe_config_list", []) if e.get("name") != name]
+    entries.append({"name": name, "base_path": name})
+    data = {**data, "mediapipe_config_list": entries, "model_config_list": data.get("model_config_list", [])}
+    partial = config.with_name(f".config.json.tmp-{os.getpid()}")
+    partial.write_text(json.dumps(data, indent=4) + "\n")
+    partial.replace(config)  # whole or the old one: OVMS may be watching this file
+    return config
