@@ -101,13 +101,18 @@ def check_device(device: str) -> None:
     raise OvchatError(f"unknown device '{device}': this machine has {', '.join(available)} (or AUTO)")
 
 
-def model_config(folder: Path) -> dict:
-    """The exported folder's config.json (architecture sizes), or {} when it is missing or unreadable."""
+def read_json(path: Path) -> dict:
+    """A JSON object from a file of the exported folder, or {} when it is missing or unreadable."""
     try:
-        config = json.loads((folder / "config.json").read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    return config if isinstance(config, dict) else {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_config(folder: Path) -> dict:
+    """The exported folder's config.json (architecture sizes), or {}."""
+    return read_json(folder / "config.json")
 
 
 def context_length(folder: Path) -> int:

@@ -66,7 +66,8 @@ class Served:
     tokenizer: object
     stop_ids: set[int]
     vocab_size: int
-    created: int
+    created: int  # when the folder was exported (its mtime): OpenAI's model "created"
+    config: dict  # config.json: architecture sizes
 
     @classmethod
     def load(cls, path: Path, info: dict | None, context_cap: int | None) -> Served:
@@ -74,7 +75,7 @@ class Served:
 
         tokenizer = ov_genai.Tokenizer(str(path))
         config = engine.model_config(path)
-        generation = _json(path / "generation_config.json")
+        generation = engine.read_json(path / "generation_config.json")
         configured = generation.get("eos_token_id", [])
         stops = engine.stop_token_ids(tokenizer, configured if isinstance(configured, list) else [configured])
         context = engine.context_length(path)
@@ -82,25 +83,17 @@ class Served:
             context = min(context, context_cap)
         vocab = config.get("vocab_size") if isinstance(config.get("vocab_size"), int) else None
         vocab = vocab or len(tokenizer.get_vocab_vector())
-        created = int((info or {}).get("created_unix", 0)) or int(path.stat().st_mtime)
-        return cls(engine.model_name(path, info), path, context, tokenizer, stops, vocab, created)
+        created = int(path.stat().st_mtime)
+        return cls(engine.model_name(path, info), path, context, tokenizer, stops, vocab, created, config)
 
     def kv_bytes_per_token(self, precision: str) -> int:
-        config = engine.model_config(self.path)
+        config = self.config
         layers = config.get("num_hidden_layers", 32)
         heads = config.get("num_attention_heads", 32)
         kv_heads = config.get("num_key_value_heads") or heads
         head_dim = config.get("head_dim") or config.get("hidden_size", 4096) // heads
         width = {"f32": 4, "f16": 2, "bf16": 2, "u8": 1}.get(precision, 4)
         return 2 * layers * kv_heads * head_dim * width
-
-
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def is_loopback(host: str) -> bool:
@@ -290,6 +283,10 @@ def create_app(served: Served, batch: BatchEngine, settings: Settings):
     )
     fingerprint = f"ovchat-{_version()}"
 
+    def header(rid: str, kind: str, created: int) -> dict:
+        """The fields every answer and every stream chunk starts with."""
+        return {"id": rid, "object": kind, "created": created, "model": served.name, "system_fingerprint": fingerprint}
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
@@ -465,13 +462,7 @@ def create_app(served: Served, batch: BatchEngine, settings: Settings):
             )
         text, finish = await collect(request, answer)
         log_done(rid, len(ids), job, finish)
-        head = {
-            "id": rid,
-            "object": "chat.completion" if chat else "text_completion",
-            "created": created,
-            "model": served.name,
-            "system_fingerprint": fingerprint,
-        }
+        head = header(rid, "chat.completion" if chat else "text_completion", created)
         if chat:
             choice = {
                 "index": 0,
@@ -507,13 +498,7 @@ def create_app(served: Served, batch: BatchEngine, settings: Settings):
     async def stream(
         answer: Answer, rid: str, created: int, chat: bool, usage: bool, prompt_tokens: int
     ) -> AsyncIterator[str]:
-        head = {
-            "id": rid,
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created,
-            "model": served.name,
-            "system_fingerprint": fingerprint,
-        }
+        head = header(rid, "chat.completion.chunk" if chat else "text_completion", created)
 
         def event(text: str | None, finish: str | None, role: bool = False) -> str:
             if chat:
