@@ -62,9 +62,13 @@ def test_full_queue_answers_503_at_once_and_queued_requests_get_keepalives(small
             with pytest.raises(openai.APIStatusError) as err:
                 small.client().chat.completions.create(model="smollm2-135m", messages=QUESTION)
             assert err.value.status_code == 503
+            waiting = queued.iter_lines()
+            assert next(waiting).startswith("data: ")  # the role chunk comes at once
+            assert next(waiting) == ""
+            assert next(waiting) == ": keep-alive"  # nothing else arrives while it waits for the slot
             first.close()  # leaving frees the slot; the queued request runs and finishes
-            body = queued.read().decode()
-            assert ": keep-alive" in body and body.endswith("data: [DONE]\n\n")
+            rest = [line for line in waiting if line]
+            assert rest[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in rest)
     assert wait_for(lambda: idle(small))
 
 
