@@ -258,6 +258,9 @@ def chat(model: str, system: str | None, device: str, cache_dir: str | None, ver
 )
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without an API key.")
 @click.option(
+    "--no-web", "web_ui", flag_value=False, default=True, help="Serve the API only, without the chat page at /."
+)
+@click.option(
     "--sse-keepalive",
     "keepalive_seconds",
     type=click.FloatRange(min=0.05),
@@ -270,7 +273,8 @@ def chat(model: str, system: str | None, device: str, cache_dir: str | None, ver
 def serve(
     model: str, device: str, cache_dir: str | None, allowed_host: tuple, cors_origin: tuple, insecure: bool, **options
 ) -> None:
-    """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
+    """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...),
+    with a chat page for the browser at http://HOST:PORT/.
 
     \b
     ovchat serve --model phi-3-mini

