@@ -280,13 +280,19 @@ def test_markdown_keeps_every_word_and_always_finishes(browser, server):
 
 def test_keyboard_and_phone_width(browser, server, tmp_path):
     tab = Page(browser, server.base_url, width=390, height=844)
+    tab.page.click("#settings summary")
+    tab.page.fill("#system-prompt", "You answer briefly.")
+    tab.page.click("#settings summary")
     tab.page.fill("#prompt", "Line one")
     tab.page.press("#prompt", "Shift+Enter")
     tab.page.keyboard.type("line two")
     assert tab.page.input_value("#prompt") == "Line one\nline two" and not tab.requests
     tab.page.press("#prompt", "Enter")
     tab.wait_answered(1)
-    assert tab.requests[0]["messages"][-1]["content"] == "Line one\nline two"
+    assert tab.requests[0]["messages"] == [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "Line one\nline two"},
+    ]
     assert not tab.page.locator("#sidebar").is_visible() or tab.page.evaluate(
         "document.getElementById('sidebar').getBoundingClientRect().right <= 0"
     )
