@@ -64,6 +64,14 @@ def _size_mb(folder: Path) -> float:
 
 
 def _peak_rss_mb() -> float:
+    # VmHWM, not getrusage: Linux carries ru_maxrss across exec, so a process started by a bigger one
+    # would report its parent's peak.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -80,10 +88,13 @@ def run(
     runs: int = 5,
     warmup: int = 1,
     cache_dir: str | None = None,
+    config: dict | None = None,
     progress: Callable[[int, int], None] = lambda done, total: None,
     log: Callable[[str], None] = print_nothing,
 ) -> dict:
-    """Measure `model` and return the report (see `format_table` and the JSON it is saved as)."""
+    """Measure `model` and return the report (see `format_table` and the JSON it is saved as).
+
+    `config` adds OpenVINO properties to the runtime's (as `ovchat.load`'s does)."""
     if runs < 1 or warmup < 0 or new_tokens < 1 or not prompt_tokens or min(prompt_tokens) < 1:
         raise OvchatError("runs, new tokens and every prompt length must be positive (warm-up may be 0)")
     path, _ = engine.prepare(model, device, log=log)  # exporting, if needed, is not part of load time
@@ -95,7 +106,8 @@ def run(
             "use shorter --prompt-tokens or fewer --new-tokens"
         )
     started = time.perf_counter()
-    handle = engine.load(str(path), device=device, cache_dir=cache_dir, log=log)
+    properties = dict(config or {})
+    handle = engine.load(str(path), device=device, cache_dir=cache_dir, config=properties, log=log)
     load_s = time.perf_counter() - started
 
     import openvino as ov
@@ -137,6 +149,7 @@ def run(
         "model": handle.name,
         "folder": str(path),
         "device": device,
+        "config": properties,
         "size_mb": round(_size_mb(path), 1),
         "load_s": round(load_s, 3),
         "new_tokens": new_tokens,
@@ -173,8 +186,8 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(report: dict, out: Path) -> Path:
-    """A PNG for people: time to first token and decode rate by prompt length."""
+def pyplot():
+    """matplotlib.pyplot drawing to files (no display), or a clear error when matplotlib is missing."""
     try:
         import matplotlib
     except ImportError:
@@ -182,6 +195,12 @@ def plot(report: dict, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(report: dict, out: Path) -> Path:
+    """A PNG for people: time to first token and decode rate by prompt length."""
+    plt = pyplot()
     rows = report["results"]
     labels = [str(r["prompt_tokens"]) for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))

@@ -349,6 +349,58 @@ def bench(model: str, json_path: str | None, plot_path: str | None, **options) -
         measure.plot(report, plot_path)
 
 
+@main.command("eval")
+@click.option(
+    "--model",
+    "-m",
+    "models",
+    multiple=True,
+    default=[catalog.DEFAULT_MODEL],
+    show_default=True,
+    help="Model to evaluate (repeat to compare several in one table).",
+)
+@click.option("--reference", "-r", help="What to compare with (default: the original the export was made from, fp32).")
+@click.option("--text", type=click.Path(dir_okay=False), help="Text for perplexity (default: shipped Alice chapters).")
+@click.option("--prompts", type=click.Path(dir_okay=False), help='JSON lines {"prompt": ...} (default: 58 shipped).')
+@click.option("--max-tokens", type=click.IntRange(2), default=4096, show_default=True, help="Tokens of the text used.")
+@click.option("--window", type=click.IntRange(2), help="Tokens per window (default: min(context, 512)).")
+@click.option("--stride", type=click.IntRange(1), help="Tokens between window starts (default: half a window).")
+@click.option(
+    "--prompt-limit", type=click.IntRange(0), default=16, show_default=True, help="Prompts answered (0: none)."
+)
+@click.option("--new-tokens", type=click.IntRange(1), default=128, show_default=True, help="Most tokens per answer.")
+@click.option("--worst", type=click.IntRange(0), default=3, show_default=True, help="Least similar answers to show.")
+@device_option
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a PNG chart.")
+def eval_command(models: tuple, worst: int, json_path: str | None, plot_path: str | None, **options) -> None:
+    """How close MODEL stays to its original: perplexity, next-token agreement, answer similarity.
+
+    \b
+    ovchat eval                                   # the default int4 export vs its fp32 original
+    ovchat eval -m phi-3-mini -m ./phi3-int8-ov --json q.json --plot q.png
+    """
+    import json
+
+    from .eval import evaluate, report
+
+    with click.progressbar(length=1, label="evaluating", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(done - bar.pos)
+
+        result = evaluate(list(models), progress=progress, log=_say, **options)
+    click.echo(report.format_table(result))
+    if worst:
+        click.echo(report.format_worst(result, worst))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+    if plot_path:
+        report.plot(result, plot_path)
+
+
 @main.command()
 @click.argument("repository", type=click.Path(file_okay=False))
 @model_option

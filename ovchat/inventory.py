@@ -9,7 +9,8 @@ from .errors import OvchatError
 from .export import Recipe
 
 
-def _recipe_tag(recipe: dict) -> str:
+def recipe_tag(recipe: dict) -> str:
+    """The short name of a manifest's recipe (int4-sym-g128-r0.6, fp16, ...), or "?"."""
     try:
         return Recipe(**{f.name: recipe[f.name] for f in fields(Recipe)}).tag
     except (KeyError, TypeError, OvchatError):
@@ -35,7 +36,7 @@ def exported_models() -> list[dict]:
                 "folder": folder.name,
                 "path": str(folder),
                 "size_mb": size / 1e6,
-                "recipe": _recipe_tag(info.get("recipe", {})),
+                "recipe": recipe_tag(info.get("recipe", {})),
                 "source": info.get("source", {}).get("spec", "?"),
             }
         )
