@@ -25,10 +25,13 @@ CHROMIUM_ARGS = [
 ]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
-if not Path(CHROMIUM).exists():
-    if os.environ.get("OVCHAT_REQUIRE_BROWSER"):  # CI installs it: there, a missing browser is a failure
-        raise RuntimeError(f"no Chromium at {CHROMIUM}: install Debian's chromium (scripts/setup.sh test does)")
-    pytest.skip("no Chromium here (apt-get install chromium)", allow_module_level=True)
+if not Path(CHROMIUM).exists():  # a missing browser fails the run: these tests prove the page
+    if not os.environ.get("OVCHAT_SKIP_BROWSER"):
+        raise RuntimeError(
+            f"no Chromium at {CHROMIUM}: apt-get install chromium (scripts/setup.sh test does, as root), "
+            "or set OVCHAT_SKIP_BROWSER=1 to leave the chat page untested"
+        )
+    pytest.skip("OVCHAT_SKIP_BROWSER is set and there is no Chromium", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +163,6 @@ def test_stop_cancels_the_answer_on_the_server(browser, server):
             server.metric("ovchat_requests_running") == 0
         )
 
-    tab.page.wait_for_function("true")  # let the browser drop the connection
     for _ in range(100):
         if freed():
             break
