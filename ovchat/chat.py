@@ -6,6 +6,7 @@ terminal the whole input is one message and only the answer is printed, for scri
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -156,6 +157,9 @@ def _answer(session: ChatSession, text: str, verbose: bool) -> None:
 
 def repl(session: ChatSession, verbose: bool = False) -> None:
     """Read messages until /exit, Ctrl-D or Ctrl-C at an empty prompt."""
+    # Ctrl-C is how a user stops an answer. A process started with SIGINT ignored (a background job
+    # of a script, nohup-style launchers) inherits that, and Python then never raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     model = session.model
     _err(f"ovchat · {model.name} on {model.device} · context {model.context_length} tokens · /help, Ctrl-D quits")
     peek = _setup_line_editing()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ from ovchat.session import ChatSession
 PROMPT = ">>> "
 
 
-def spawn(*args: str, timeout: float = 120) -> pexpect.spawn:
+def spawn(*args: str, timeout: float = 120, preexec_fn=None) -> pexpect.spawn:
     child = pexpect.spawn(
         sys.executable,
         ["-m", "ovchat.cli", "chat", *args],
@@ -25,6 +26,7 @@ def spawn(*args: str, timeout: float = 120) -> pexpect.spawn:
         timeout=timeout,
         dimensions=(50, 200),
         env={**os.environ, "TERM": "dumb"},
+        preexec_fn=preexec_fn,
     )
     child.expect(PROMPT)
     return child
@@ -180,6 +182,19 @@ def test_multi_line_input_and_slash_escape(tiny_phi3_ov, tmp_path):
     child.sendintr()  # Ctrl-C on a half-typed line drops it and keeps the session
     child.expect(PROMPT)
     child.sendeof()
+    assert ends_cleanly(child) == 0
+
+
+def test_ctrl_c_works_when_started_with_sigint_ignored(tiny_phi3_ov):
+    # A background job of a script starts with SIGINT ignored; the chat must still hear Ctrl-C.
+    child = spawn(
+        "--model", str(tiny_phi3_ov), timeout=30, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
+    )
+    child.send("half a line")
+    child.expect("half a line")
+    child.sendintr()
+    child.expect(PROMPT)
+    child.sendintr()  # at an empty prompt: leaves
     assert ends_cleanly(child) == 0
 
 
