@@ -68,14 +68,14 @@ def prepare_smollm2(args) -> dict:
     """The engines' inputs for SmolLM2-135M-Instruct: the GGUF, an fp32 HF folder, two exports."""
     import ovchat
     from ovchat import catalog
-    from ovchat.export import Recipe, ensure_exported
+    from ovchat.export import SEED_RECIPE, Recipe, ensure_exported
     from ovchat.gguf import gguf_to_hf
 
     gguf = catalog.materialize(catalog.resolve("smollm2-135m"))
     hf = catalog.models_home() / "bench-src" / "smollm2-135m-hf"
     if not (hf / "config.json").is_file():
         gguf_to_hf(gguf, hf)
-    seed = ensure_exported("smollm2-135m", Recipe())
+    seed = ensure_exported("smollm2-135m", SEED_RECIPE)
     best = ensure_exported("smollm2-135m", Recipe(**json.loads(args.best_recipe)))
     tokenizer = ovchat.load(str(seed)).tokenizer
     return {
@@ -93,11 +93,11 @@ def prepare_phi3_shape(args) -> dict:
     """The same for the random Phi-3-mini-shaped model that benchmarks/phi3_shape.py builds."""
     import ovchat
     from ovchat import catalog
-    from ovchat.export import Recipe
+    from ovchat.export import SEED_RECIPE, Recipe
 
     home = catalog.models_home()
     name = f"random-phi3-shape-{args.layers}l"
-    seed = home / "models" / f"{name}-{Recipe().tag}"
+    seed = home / "models" / f"{name}-{SEED_RECIPE.tag}"
     best = home / "models" / f"{name}-{Recipe(**json.loads(args.best_recipe)).tag}"
     gguf = home / "bench-src" / f"{name}.Q4_0.gguf"
     for path in (seed, best, gguf):
@@ -172,9 +172,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed generations per prompt length and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--best-recipe", default='{"weight_format": "int4", "ratio": 0.6}', help="ovchat Recipe JSON")
+    parser.add_argument("--best-recipe", default="{}", help="ovchat Recipe JSON (default: ovchat's default recipe)")
     parser.add_argument("--best-config", default="{}", help="OpenVINO properties JSON for ovchat-best")
-    parser.add_argument("--best-label", default="int4/int8 mix (seed)")
+    parser.add_argument("--best-label", default="int4/int8 mix, AWQ + scale estimation (default)")
     parser.add_argument("--out", default=str(RESULTS / "compare"))
     args = parser.parse_args()
 

@@ -119,12 +119,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--llama-python", help="python of a venv with llama-cpp-python (omit: no GGUF)")
     parser.add_argument("--llama-src", type=Path, help="llama-cpp-python's unpacked source distribution")
-    parser.add_argument("--recipe", default=None, help="another ovchat Recipe as JSON, exported beside the default")
+    parser.add_argument("--recipe", default=None, help="another ovchat Recipe as JSON, exported beside the seed's")
     args = parser.parse_args()
 
     import ovchat
     from ovchat import catalog
-    from ovchat.export import Recipe
+    from ovchat.export import SEED_RECIPE, Recipe
 
     home = catalog.models_home()
     name = f"random-phi3-shape-{args.layers}l"
@@ -133,7 +133,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=home) as tmp:
             build(Path(tmp) / name, args.layers).rename(source)
     made = {"source": str(source), "layers": args.layers}
-    recipes = [Recipe()] + ([Recipe(**json.loads(args.recipe))] if args.recipe else [])
+    recipes = [SEED_RECIPE] + ([Recipe(**json.loads(args.recipe))] if args.recipe else [])
     for recipe in recipes:
         target = home / "models" / f"{name}-{recipe.tag}"
         if not (target / "ovchat_manifest.json").is_file():

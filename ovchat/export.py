@@ -8,6 +8,7 @@ A kill at any moment leaves the old folder or none, never a half folder that pas
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -29,16 +30,26 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Recipe:
-    """How weights are compressed. The defaults are the seed's: int4, group 128, ratio 0.6, symmetric."""
+    """How weights are compressed. The defaults are ovchat's: int4 sym group 128 for 80% of the layers
+    (the rest int8), with AWQ and scale estimation calibrated on a shipped text: the best quality per
+    byte among the fast recipes in benchmarks/results/recipes_smollm2.md (the rule: docs/quality.md).
+    SEED_RECIPE is the Phi-3 sample's."""
 
     weight_format: str = "int4"
     group_size: int = 128
-    ratio: float = 0.6
+    ratio: float = 0.8
     sym: bool = True
+    # Data-aware int4, calibrated on the shipped calibration text (never the evaluation text).
+    awq: bool = True
+    scale_estimation: bool = True
 
     def __post_init__(self) -> None:
         if self.weight_format not in WEIGHT_FORMATS:
             raise OvchatError(f"unknown weight format '{self.weight_format}': use one of {', '.join(WEIGHT_FORMATS)}")
+        if self.weight_format != "int4":
+            # int8 and fp16 have no int4 layers to calibrate: the data-aware defaults do not apply.
+            object.__setattr__(self, "awq", False)
+            object.__setattr__(self, "scale_estimation", False)
         gs = self.group_size
         if isinstance(gs, bool) or not isinstance(gs, int) or gs <= 0 or gs & (gs - 1):
             raise OvchatError(f"group size must be a positive power of two (e.g. 32, 64, 128), not {gs}")
@@ -46,10 +57,15 @@ class Recipe:
             raise OvchatError(f"ratio must be in (0, 1] (the share of layers in int4), not {self.ratio}")
 
     @property
+    def data_aware(self) -> bool:
+        return self.awq or self.scale_estimation
+
+    @property
     def tag(self) -> str:
         if self.weight_format != "int4":
             return self.weight_format
-        return f"int4-{'sym' if self.sym else 'asym'}-g{self.group_size}-r{self.ratio:g}"
+        extra = "-awq" * self.awq + "-se" * self.scale_estimation
+        return f"int4-{'sym' if self.sym else 'asym'}-g{self.group_size}-r{self.ratio:g}{extra}"
 
     def optimum_args(self) -> list[str]:
         args = ["--weight-format", self.weight_format]
@@ -65,6 +81,9 @@ class Recipe:
             ]
             args += ["--sym"] if self.sym else []
         return args
+
+
+SEED_RECIPE = Recipe(ratio=0.6, awq=False, scale_estimation=False)  # --group-size 128 --ratio 0.6 --sym
 
 
 def _need_export_extra() -> None:
@@ -154,9 +173,13 @@ def _check_replaceable(target: Path, source: Path | None) -> None:
 def _run_optimum(source_dir: Path, out_dir: Path, recipe: Recipe, log_path: Path, log: Log) -> None:
     # optimum-intel's own command, in a child process: exactly the seed's export, and the memory
     # of the float model is returned to the system when it ends.
-    cmd = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(source_dir)]
-    cmd += ["--task", TASK, *recipe.optimum_args(), str(out_dir)]
-    log(f"exporting with optimum-intel ({recipe.tag}); a small model takes about a minute")
+    if recipe.data_aware:
+        cmd = [sys.executable, "-m", "ovchat.calibrate", str(source_dir), str(out_dir), json.dumps(asdict(recipe))]
+        log(f"exporting with optimum-intel ({recipe.tag}, calibrated on shipped text); a small model takes minutes")
+    else:
+        cmd = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(source_dir)]
+        cmd += ["--task", TASK, *recipe.optimum_args(), str(out_dir)]
+        log(f"exporting with optimum-intel ({recipe.tag}); a small model takes about a minute")
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
     with open(log_path, "w") as fh:
         done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -224,19 +247,24 @@ def export(
     model: str = catalog.DEFAULT_MODEL,
     output: str | os.PathLike | None = None,
     *,
-    weight_format: str = "int4",
-    group_size: int = 128,
-    ratio: float = 0.6,
-    sym: bool = True,
+    weight_format: str = Recipe.weight_format,
+    group_size: int = Recipe.group_size,
+    ratio: float = Recipe.ratio,
+    sym: bool = Recipe.sym,
+    awq: bool = Recipe.awq,
+    scale_estimation: bool = Recipe.scale_estimation,
     force: bool = False,
+    check: bool | None = None,
     log: Log = print_nothing,
 ) -> Path:
     """Export `model` to an OpenVINO folder and return it.
 
     Without `output` the export goes to the models directory, keyed by source and recipe, and an
-    existing complete export there is returned as is (unless `force`).
+    existing complete export there is returned as is (unless `force`). `check` compares the new
+    export's perplexity with its float source on a short text (None: when the source is small enough
+    for that to take seconds) and warns when it lost too much.
     """
-    recipe = Recipe(weight_format, group_size, ratio, sym)
+    recipe = Recipe(weight_format, group_size, ratio, sym, awq, scale_estimation)
     source = catalog.resolve(model)
     if source.kind == "exported":
         raise OvchatError(f"{source.location} is already exported: use it directly (--model {model})")
@@ -262,12 +290,12 @@ def export(
             raise OvchatError(f"{target} already exists: pass --force to replace it")
         _need_export_extra()
         try:
-            return _export_locked(source, target, recipe, log)
+            return _export_locked(source, target, recipe, check, log)
         except (OSError, RuntimeError) as exc:
             raise OvchatError(f"exporting {model} to {target} failed: {describe(exc)}") from None
 
 
-def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, log: Log) -> Path:
+def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, check: bool | None, log: Log) -> Path:
     started = time.time()
     local = catalog.materialize(source)
     _check_room(target.parent, local)
@@ -296,6 +324,9 @@ def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, log: Lo
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "export_seconds": round(time.time() - started, 1),
         }
+        quality = _quality_check(tmp, hf_dir, recipe, check, log)
+        if quality is not None:
+            info["quality_check"] = quality
         manifest.write(tmp, info)
         _publish(tmp, target)
         log(f"exported to {target}")
@@ -303,6 +334,32 @@ def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, log: Lo
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(hf_tmp, ignore_errors=True)
+
+
+def _quality_check(folder: Path, hf_dir: Path, recipe: Recipe, check: bool | None, log: Log) -> dict | None:
+    """Perplexity against the float source (see ovchat.eval.check); a warning and a hint when it lost too much."""
+    from .eval import check as quality
+
+    if check is False or (check is None and quality.source_float_bytes(hf_dir) > quality.AUTO_MAX_SOURCE_BYTES):
+        if check is None:
+            log("skipping the quick quality check (a large model; --check runs it, `ovchat eval` measures more)")
+        return None
+    log(f"checking quality: perplexity against the float source on {quality.CHECK_TOKENS} tokens")
+    try:
+        result = quality.quick_check(folder, hf_dir)
+    except OvchatError as exc:
+        if check:
+            raise
+        log(f"skipping the quick quality check: {exc}")
+        return None
+    log(f"quality: {quality.describe_check(result)}")
+    if result["ppl_ratio"]["value"] > quality.WARN_RATIO:
+        result["warning"] = True
+        log(
+            f"warning: this export's perplexity is more than {(quality.WARN_RATIO - 1) * 100:.0f}% above its source's; "
+            f"{quality.hint(recipe)}"
+        )
+    return result
 
 
 def ensure_exported(model: str, recipe: Recipe | None = None, log: Log = print_nothing) -> Path:

@@ -11,9 +11,13 @@ from .export import Recipe
 
 def recipe_tag(recipe: dict) -> str:
     """The short name of a manifest's recipe (int4-sym-g128-r0.6, fp16, ...), or "?"."""
+    if "weight_format" not in recipe:
+        return "?"
     try:
-        return Recipe(**{f.name: recipe[f.name] for f in fields(Recipe)}).tag
-    except (KeyError, TypeError, OvchatError):
+        # Manifests written before data-aware recipes existed have no awq/scale_estimation: they had none.
+        known = {"awq": False, "scale_estimation": False, **recipe}
+        return Recipe(**{f.name: known[f.name] for f in fields(Recipe) if f.name in known}).tag
+    except (TypeError, OvchatError):
         return "?"
 
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # What an export depends on; changes elsewhere (the engine, the server) keep the cached exports.
-EXPORT_MODULES = ("catalog.py", "export.py", "gguf.py", "manifest.py", "synthetic.py")
+EXPORT_MODULES = ("catalog.py", "export.py", "gguf.py", "manifest.py", "synthetic.py", "calibrate.py", "eval/check.py")
 
 
 def _code_key() -> str:
@@ -58,9 +58,12 @@ def tiny_phi3_dir(ovchat_home: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_phi3_ov(tiny_phi3_dir: Path) -> Path:
     """The tiny Phi-3 exported with the seed's recipe (int4 sym, group 128, ratio 0.6)."""
-    import ovchat
+    from dataclasses import asdict
 
-    return ovchat.export(str(tiny_phi3_dir))
+    import ovchat
+    from ovchat.export import SEED_RECIPE
+
+    return ovchat.export(str(tiny_phi3_dir), **asdict(SEED_RECIPE))
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,8 @@ def test_manifest_records_recipe_fallback_and_files(tiny_phi3_ov):
         "group_size": 128,
         "ratio": 0.6,
         "sym": True,
+        "awq": False,
+        "scale_estimation": False,
         "task": "text-generation-with-past",
         "adjusted_group_sizes": [64],  # hidden 64: 128 does not divide
     }

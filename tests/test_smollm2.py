@@ -113,3 +113,23 @@ def test_loads_in_optimum_intel_as_the_seed_does(smollm2_ov, tmp_path):
     inputs = tok(prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**inputs, max_new_tokens=32)
     assert "Paris" in tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_prompt_lookup_gives_the_same_answer_in_fewer_steps(smollm2, smollm2_ov):
+    import ovchat
+    from ovchat.eval import DEFAULT_TEXT
+
+    quoted = " ".join(DEFAULT_TEXT.read_text()[3000:4000].split())
+    prompt = f"Repeat the following text exactly, word for word:\n\n{quoted}"
+    plain = list(smollm2.stream_generate(prompt, max_new_tokens=96))
+    lookup = list(ovchat.load(str(smollm2_ov), prompt_lookup=True).stream_generate(prompt, max_new_tokens=96))
+    assert "".join(r.text for r in lookup) == "".join(r.text for r in plain)  # greedy: the very same answer
+    assert lookup[-1].token_count == plain[-1].token_count > 40
+    # Drafted tokens the model accepts arrive several per step: far fewer pieces than tokens.
+    assert len(lookup) < 0.6 * len(plain)
+
+
+def test_cli_prompt_lookup(smollm2_ov):
+    done = run_cli("generate", "Repeat exactly: the cat sat on the mat.", "--model", str(smollm2_ov), "--prompt-lookup")
+    assert done.returncode == 0, done.stderr
+    assert "cat sat on the mat" in done.stdout

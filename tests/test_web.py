@@ -211,9 +211,9 @@ def test_model_output_is_rendered_as_text_never_as_markup(browser, server):
     tab = Page(browser, server.base_url)
     tab.page.evaluate("window.pwned = 0")
     # The real model repeats the markup back; the page must show it, not run it.
-    tab.send("Repeat this text exactly, with nothing else: <img src=x onerror=window.pwned=1>")
+    tab.send("Repeat exactly: <img src=x onerror=window.pwned=1>")
     tab.wait_answered(1)
-    tab.send("Repeat this text exactly, with nothing else: <script>alert(2)</script>")
+    tab.send("Repeat exactly: <script>alert(2)</script>")
     tab.wait_answered(2)
     answers = tab.answers()
     assert "<img src=x onerror=window.pwned=1>" in answers[0]
@@ -221,8 +221,8 @@ def test_model_output_is_rendered_as_text_never_as_markup(browser, server):
     # The same through stored history, with Markdown around it: code blocks, links, emphasis.
     hostile = (
         "**bold** and `code`\n\n```html\n<script>window.pwned=2</script>\n```\n"
-        "<img src=x onerror=\"window.pwned=3\"> [site](javascript:window.pwned=4) [ok](https://example.org)\n"
-        "<iframe src=\"javascript:window.pwned=5\"></iframe>"
+        '<img src=x onerror="window.pwned=3"> [site](javascript:window.pwned=4) [ok](https://example.org)\n'
+        '<iframe src="javascript:window.pwned=5"></iframe>'
     )
     tab.page.evaluate(
         """(text) => {

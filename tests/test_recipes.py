@@ -1,0 +1,125 @@
+"""Data-aware recipes (AWQ, scale estimation on the shipped calibration text) and export's quality check."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from helpers import run_cli
+
+import ovchat
+from ovchat import OvchatError, Recipe
+from ovchat.calibrate import CALIBRATION_TEXT, calibration_samples, quantization_config
+from ovchat.eval import check
+from ovchat.export import SEED_RECIPE
+from ovchat.inventory import recipe_tag
+
+
+def test_recipe_tags_name_the_data_aware_steps():
+    assert Recipe().tag == "int4-sym-g128-r0.8-awq-se"  # the default, chosen in benchmarks/recipes.py
+    assert SEED_RECIPE.tag == "int4-sym-g128-r0.6" and not SEED_RECIPE.data_aware
+    assert Recipe(ratio=1.0, awq=False).tag == "int4-sym-g128-r1-se"
+    assert Recipe(awq=True, scale_estimation=False).data_aware
+
+
+def test_formats_without_int4_layers_have_nothing_to_calibrate():
+    assert Recipe(weight_format="int8").tag == "int8" and not Recipe(weight_format="int8").data_aware
+    assert not Recipe(weight_format="fp16", awq=True).awq
+    with pytest.raises(OvchatError, match="ratio must be in"):
+        Recipe(ratio=0)
+
+
+def test_manifests_from_before_awq_keep_their_tag():
+    old = {"weight_format": "int4", "group_size": 128, "ratio": 0.6, "sym": True, "task": "x"}
+    assert recipe_tag(old) == "int4-sym-g128-r0.6"
+    assert recipe_tag({**old, "awq": True, "scale_estimation": False}) == "int4-sym-g128-r0.6-awq"
+    assert recipe_tag({}) == "?" and recipe_tag({"weight_format": "int4", "ratio": 7}) == "?"
+
+
+def test_calibration_samples_are_whole_paragraphs_spread_over_the_text():
+    text = CALIBRATION_TEXT.read_text(encoding="utf-8")
+    samples = calibration_samples(text)
+    assert len(samples) == 64
+    assert len(set(samples)) == 64
+    assert all(600 <= len(s) <= 2400 for s in samples)
+    flat = " ".join(text.split())
+    for s in samples:  # each paragraph of a sample appears in the text as it is
+        assert all(p in flat for p in s.split("\n\n"))
+    positions = [flat.index(s.split("\n\n")[0]) for s in samples]
+    assert positions == sorted(positions)
+    assert positions[0] < len(flat) * 0.05 and positions[-1] > len(flat) * 0.9
+    assert calibration_samples(text) == samples  # the same every time: exports are reproducible
+
+
+def test_calibration_samples_of_short_or_odd_text():
+    assert calibration_samples("One.\n\nTwo.", count=8) == ["One.\n\nTwo."]
+    giant = "word " * 5000  # one paragraph far longer than a sample: cut, not kept whole
+    assert [len(s) for s in calibration_samples(giant, count=4, chars=100)] == [200]
+
+
+def test_quantization_config_says_what_optimum_intel_needs():
+    cfg = quantization_config(Recipe(scale_estimation=False).__dict__, ["a", "b"])
+    assert cfg["quant_method"] == "awq" and cfg["scale_estimation"] is None
+    assert cfg["dataset"] == ["a", "b"] and cfg["num_samples"] == 2
+    assert (cfg["bits"], cfg["ratio"], cfg["group_size"], cfg["sym"]) == (4, 0.8, 128, True)
+    cfg = quantization_config(Recipe(awq=False, sym=False).__dict__, ["a"])
+    assert cfg["quant_method"] == "default" and cfg["scale_estimation"] is True and cfg["sym"] is False
+
+
+def test_hints_point_to_the_next_recipe_to_try():
+    assert "--awq --scale-estimation" in check.hint(SEED_RECIPE)
+    assert "--ratio 0.4" in check.hint(SEED_RECIPE)
+    assert "--awq" not in check.hint(Recipe())
+    assert "--ratio 0.6" in check.hint(Recipe())
+    assert "fp16" in check.hint(Recipe(weight_format="int8"))
+
+
+def test_data_aware_export_of_the_tiny_model(tiny_phi3_dir, tiny_phi3_ov, tmp_path):
+    done = run_cli("export", str(tiny_phi3_dir), "-o", str(tmp_path / "awq"), "--ratio", "1")  # AWQ + SE: the default
+    assert done.returncode == 0, done.stderr
+    assert "calibrated on shipped text" in done.stderr
+    info = json.loads((tmp_path / "awq" / "ovchat_manifest.json").read_text())
+    assert info["recipe"]["awq"] is True and info["recipe"]["scale_estimation"] is True
+    # Calibration moved the weights: the data-aware IR differs from the plain one of the same recipe.
+    plain = ovchat.export(str(tiny_phi3_dir), tmp_path / "plain", ratio=1.0, awq=False, scale_estimation=False)
+    assert (plain / "openvino_model.bin").read_bytes() != (tmp_path / "awq" / "openvino_model.bin").read_bytes()
+    # ... in the same layout: at ratio 1 every layer but the embeddings and the head is int4 in both.
+    assert info["weights"] == json.loads((plain / "ovchat_manifest.json").read_text())["weights"]
+    assert info["weights"]["int8 per-channel"] <= 2
+    assert ovchat.load(str(tmp_path / "awq")).generate("Hi", max_new_tokens=4)  # and it still runs
+
+
+def test_quick_check_against_the_source(tiny_phi3_dir, tiny_phi3_ov):
+    result = check.quick_check(tiny_phi3_ov, tiny_phi3_dir)
+    assert result["tokens"] > 100
+    # The paired ratio is exactly the two perplexities' ratio (both from the same tokens).
+    assert math.isclose(result["ppl_ratio"]["value"], result["perplexity"] / result["source_perplexity"], rel_tol=1e-3)
+    assert 0 <= result["top1_agreement"] <= 1 and result["kl_mean"] >= 0
+
+
+def test_fp16_export_checks_out_lossless(tiny_phi3_dir, tmp_path):
+    done = run_cli("export", str(tiny_phi3_dir), "-o", str(tmp_path / "fp16"), "--weight-format", "fp16")
+    assert done.returncode == 0, done.stderr
+    assert "quality: perplexity" in done.stderr and "warning" not in done.stderr
+    result = json.loads((tmp_path / "fp16" / "ovchat_manifest.json").read_text())["quality_check"]
+    assert abs(result["ppl_ratio"]["value"] - 1) < 0.01 and result["top1_agreement"] > 0.98
+
+
+def test_no_check_skips_it(tiny_phi3_dir, tmp_path):
+    done = run_cli("export", str(tiny_phi3_dir), "-o", str(tmp_path / "out"), "--no-check")
+    assert done.returncode == 0, done.stderr
+    assert "quality" not in done.stderr
+    assert "quality_check" not in json.loads((tmp_path / "out" / "ovchat_manifest.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_lossy_export_of_the_real_model_warns_with_a_hint(smollm2_gguf, tmp_path):
+    # Plain int4 everywhere costs SmolLM2-135M about a third of its perplexity: far past the threshold.
+    args = ["--ratio", "1", "--no-awq", "--no-scale-estimation", "--check"]
+    done = run_cli("export", str(smollm2_gguf), "-o", str(tmp_path / "r1"), *args)
+    assert done.returncode == 0, done.stderr
+    assert "warning: this export's perplexity is more than 15% above its source's" in done.stderr
+    assert "try --awq --scale-estimation" in done.stderr
+    result = json.loads((tmp_path / "r1" / "ovchat_manifest.json").read_text())["quality_check"]
+    assert result["warning"] is True and result["ppl_ratio"]["value"] > 1.15
