@@ -48,6 +48,11 @@ RECIPES = [
     {"ratio": 1.0, "awq": True, "scale_estimation": True},
     {"ratio": 0.8, "awq": True, "scale_estimation": True},
     {"awq": True, "scale_estimation": True},
+    # Added after the committed table (session 4's follow-up, text-only so far: docs/quality.md).
+    {"ratio": 0.6, "group_size": 32, "awq": True, "scale_estimation": True},
+    {"ratio": 0.8, "group_size": 32, "awq": True, "scale_estimation": True},
+    {"ratio": 0.7, "group_size": 64, "sym": False, "awq": True, "scale_estimation": True},
+    {"ratio": 0.6, "sym": False, "awq": True, "scale_estimation": True},
 ]
 SIZE_SLACK = 1.15  # "int4 size": at most this × the Q4_1 file
 SPEED_SLACK = 0.90  # "fast": at least this × the fastest int4-size recipe's decode rate
