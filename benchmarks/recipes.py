@@ -35,24 +35,26 @@ LLAMA_WORKER = HERE / "llama_logits_worker.py"
 
 # Recipe fields (ovchat.Recipe) per row. SmolLM2's width 576 is not a multiple of 128: its layers that
 # group 128 does not divide fall back to group 64 (the manifest's adjusted_group_sizes).
+PLAIN = {"awq": False, "scale_estimation": False}
+AWQ_SE = {"awq": True, "scale_estimation": True}
 RECIPES = [
     {"weight_format": "fp16"},
     {"weight_format": "int8"},
-    {},  # the seed's: int4 sym, group 128, ratio 0.6 (the rest int8)
-    {"ratio": 1.0},
-    {"ratio": 1.0, "group_size": 64},
-    {"ratio": 1.0, "sym": False},
-    {"ratio": 1.0, "group_size": 64, "sym": False},
-    {"ratio": 1.0, "awq": True},
-    {"ratio": 1.0, "scale_estimation": True},
-    {"ratio": 1.0, "awq": True, "scale_estimation": True},
-    {"ratio": 0.8, "awq": True, "scale_estimation": True},
-    {"awq": True, "scale_estimation": True},
-    # Added after the committed table (session 4's follow-up, text-only so far: docs/quality.md).
-    {"ratio": 0.6, "group_size": 32, "awq": True, "scale_estimation": True},
-    {"ratio": 0.8, "group_size": 32, "awq": True, "scale_estimation": True},
-    {"ratio": 0.7, "group_size": 64, "sym": False, "awq": True, "scale_estimation": True},
-    {"ratio": 0.6, "sym": False, "awq": True, "scale_estimation": True},
+    {"ratio": 0.6, **PLAIN},  # the seed's: int4 sym, group 128, ratio 0.6 (the rest int8)
+    {"ratio": 1.0, **PLAIN},
+    {"ratio": 1.0, "group_size": 64, **PLAIN},
+    {"ratio": 1.0, "sym": False, **PLAIN},
+    {"ratio": 1.0, "group_size": 64, "sym": False, **PLAIN},
+    {"ratio": 1.0, "awq": True, "scale_estimation": False},
+    {"ratio": 1.0, "awq": False, "scale_estimation": True},
+    {"ratio": 1.0, **AWQ_SE},
+    {"ratio": 0.8, **AWQ_SE},  # ovchat's default since session 4
+    {"ratio": 0.6, **AWQ_SE},
+    # Added after the committed table (session 4's follow-up: recipes_smollm2_g32.md, docs/quality.md).
+    {"ratio": 0.6, "group_size": 32, **AWQ_SE},
+    {"ratio": 0.8, "group_size": 32, **AWQ_SE},
+    {"ratio": 0.7, "group_size": 64, "sym": False, **AWQ_SE},
+    {"ratio": 0.6, "sym": False, **AWQ_SE},
 ]
 SIZE_SLACK = 1.15  # "int4 size": at most this × the Q4_1 file
 SPEED_SLACK = 0.90  # "fast": at least this × the fastest int4-size recipe's decode rate
@@ -229,7 +231,7 @@ def markdown(data: dict) -> str:
     for r in rows:
         sim, dec = r.get("similarity"), r.get("decode")
         cells = [
-            short(r["name"]) + (" **(default)**" if r["name"] == data["default"] else ""),
+            short(r["name"]) + (" **(rule's pick)**" if r["name"] == data["default"] else ""),
             f"{r['weights_mb']:.0f}",
             f"{r['perplexity']['value']:.2f} ± {r['perplexity']['se']:.2f}",
             f"{r['ppl_ratio']['value']:.3f} ± {r['ppl_ratio']['se']:.3f}",
@@ -284,9 +286,11 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated indices into RECIPES (a quick look; default: all)")
     parser.add_argument("--max-tokens", type=int, default=4096, help="tokens of the text scored")
     parser.add_argument("--remeasure", action="store_true", help="decode again for the int4-size rows (in the JSON)")
+    parser.add_argument("--out", default=str(OUT), help="results path without suffix")
     parser.add_argument("--report-only", action="store_true", help="rewrite md/png from the JSON")
     args = parser.parse_args()
-    json_path = OUT.with_suffix(".json")
+    out = Path(args.out)
+    json_path = out.with_suffix(".json")
     if args.report_only or args.remeasure:
         data = json.loads(json_path.read_text())
         if args.remeasure:  # decode again, longer, for the recipes the rule weighs (int4 size) and Q4_1
@@ -337,11 +341,11 @@ def main() -> None:
             "rows": rows,
         }
     ours = [r for r in data["rows"] if not r["name"].startswith("llama.cpp")]
-    data["default"] = choose_default(ours, data["q4_1_mb"])["name"]
+    data["default"] = choose_default(ours, data["q4_1_mb"])["name"]  # what the rule picks from these rows
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(data, indent=1))
-    OUT.with_suffix(".md").write_text(markdown(data))
-    chart(data, OUT.with_suffix(".png"))
+    out.with_suffix(".md").write_text(markdown(data))
+    chart(data, out.with_suffix(".png"))
     print(markdown(data))
 
 
