@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import catalog, engine
+from ..calibrate import CALIBRATION_TEXT  # for data-aware recipes; never scored
 from ..errors import OvchatError, print_nothing
 from .answers import Embedder, embedding_model_dir, load_prompts, openvino_answers, similarities, torch_answers
 from .logits import OpenVINOLogits, TorchLogits, open_reference, reference_source, sliding_logits, windows
@@ -42,7 +43,6 @@ from .metrics import Tally, log_softmax, mean_se
 DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_TEXT = DATA / "alice_in_wonderland_ch1-6.txt"
 DEFAULT_PROMPTS = DATA / "prompts.jsonl"
-CALIBRATION_TEXT = DATA / "pride_and_prejudice_ch1-39.txt"  # for data-aware recipes; never scored
 DEFAULT_MAX_TOKENS = 4096  # of the text: ~1 min for SmolLM2-135M and its reference on 2 cores
 DEFAULT_WINDOW = 512  # or the model's context, if shorter
 DEFAULT_NEW_TOKENS = 128  # per answer, as who_what_benchmark
