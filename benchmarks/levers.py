@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     cases = [parse_case(c) for c in args.case]
     lengths = [int(n) for n in args.prompt_tokens.split(",")]
-    seen = {label: {"decode": [], "ttft": {n: [] for n in lengths}, "rss": []} for label, _, _ in cases}
+    seen = {label: {"decode": [], "rounds": [], "ttft": {n: [] for n in lengths}, "rss": []} for label, _, _ in cases}
     for round_ in range(args.rounds):
         for label, folder, props in cases:
             argv = [sys.executable, "-c", CHILD, folder, json.dumps(props), json.dumps(lengths), str(args.new_tokens)]
@@ -51,14 +51,24 @@ def main() -> None:
                 seen[label]["decode"].append(row["decode_tok_s"]["median"])
                 seen[label]["ttft"][row["prompt_tokens"]].append(row["ttft_ms"]["median"])
             seen[label]["rss"].append(report["peak_rss_mb"])
+            seen[label]["rounds"].append(statistics.median(r["decode_tok_s"]["median"] for r in report["results"]))
             print(f"round {round_ + 1}: {label}", file=sys.stderr, flush=True)
-    print("| case | decode tok/s (min–max) | " + " | ".join(f"TTFT {n} ms" for n in lengths) + " | peak RSS MB |")
-    print("|---|---|" + "---|" * len(lengths) + "---|")
+    # Paired by round: each case's decode over the first case's in the same round, then the median.
+    # A slow spell on a shared machine moves both sides of a pair alike.
+    first = seen[cases[0][0]]["rounds"]
+    print(
+        "| case | decode tok/s (min–max) | decode vs first case, paired by round | "
+        + " | ".join(f"TTFT {n} ms" for n in lengths)
+        + " | peak RSS MB |"
+    )
+    print("|---|---|---|" + "---|" * len(lengths) + "---|")
     for label, s in seen.items():
+        paired = statistics.median(a / b for a, b in zip(s["rounds"], first, strict=True))
         d = s["decode"]
         ttft = " | ".join(f"{statistics.median(s['ttft'][n]):.0f}" for n in lengths)
         rss = statistics.median(s["rss"])
-        print(f"| {label} | {statistics.median(d):.1f} ({min(d):.0f}–{max(d):.0f}) | {ttft} | {rss:.0f} |")
+        decode = f"{statistics.median(d):.1f} ({min(d):.0f}–{max(d):.0f})"
+        print(f"| {label} | {decode} | {paired:.3f} | {ttft} | {rss:.0f} |")
 
 
 if __name__ == "__main__":

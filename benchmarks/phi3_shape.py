@@ -30,7 +30,7 @@ CHAT_TOKENS = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|use
 QUANTIZE = """
 import sys, llama_cpp
 params = llama_cpp.llama_model_quantize_default_params()
-params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + sys.argv[3])
 params.nthread = 2
 rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params)
 sys.exit(rc)
@@ -100,17 +100,28 @@ def build(out: Path, layers: int) -> Path:
     return out
 
 
-def to_gguf(source: Path, llama_src: Path, llama_python: str, out: Path) -> Path:
+def to_gguf(
+    source: Path, llama_src: Path, llama_python: str, out: Path, ftype: str = "Q4_0", outtype: str = "f16"
+) -> Path:
+    """`source` (an HF folder) → GGUF in `outtype` → llama.cpp's quantizer at `ftype` (Q4_0, Q4_1, Q4_K_M, ...)."""
     root = llama_src / "vendor" / "llama.cpp"
-    f16 = out.with_suffix(".f16.gguf")
+    float_gguf = out.with_suffix(f".{outtype}.gguf")
     env_path = f"{root / 'gguf-py'}"
     subprocess.run(
-        [sys.executable, str(root / "convert_hf_to_gguf.py"), str(source), "--outtype", "f16", "--outfile", str(f16)],
+        [
+            sys.executable,
+            str(root / "convert_hf_to_gguf.py"),
+            str(source),
+            "--outtype",
+            outtype,
+            "--outfile",
+            str(float_gguf),
+        ],
         check=True,
         env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
     )
-    subprocess.run([llama_python, "-c", QUANTIZE, str(f16), str(out)], check=True)
-    f16.unlink()
+    subprocess.run([llama_python, "-c", QUANTIZE, str(float_gguf), str(out), ftype], check=True)
+    float_gguf.unlink()
     return out
 
 

@@ -33,28 +33,30 @@ from compare import folder_mb, run_worker  # noqa: E402
 OUT = HERE / "results" / "recipes_smollm2"
 LLAMA_WORKER = HERE / "llama_logits_worker.py"
 
-# Recipe fields (ovchat.Recipe) per row. SmolLM2's width 576 is not a multiple of 128: its layers that
-# group 128 does not divide fall back to group 64 (the manifest's adjusted_group_sizes).
+# Recipe fields (ovchat.Recipe) per row. Group size, ratio and the data-aware flags (the fields the
+# default has changed) are spelled out in every row: a row must not change when the default does.
+# SmolLM2's width 576 is not a multiple of 128: its layers that group 128 does not divide fall back
+# to group 64 (the manifest's adjusted_group_sizes).
 PLAIN = {"awq": False, "scale_estimation": False}
 AWQ_SE = {"awq": True, "scale_estimation": True}
 RECIPES = [
     {"weight_format": "fp16"},
     {"weight_format": "int8"},
-    {"ratio": 0.6, **PLAIN},  # the seed's: int4 sym, group 128, ratio 0.6 (the rest int8)
-    {"ratio": 1.0, **PLAIN},
+    {"group_size": 128, "ratio": 0.6, **PLAIN},  # the seed's: int4 sym, group 128, ratio 0.6 (the rest int8)
+    {"group_size": 128, "ratio": 1.0, **PLAIN},
     {"ratio": 1.0, "group_size": 64, **PLAIN},
-    {"ratio": 1.0, "sym": False, **PLAIN},
+    {"group_size": 128, "ratio": 1.0, "sym": False, **PLAIN},
     {"ratio": 1.0, "group_size": 64, "sym": False, **PLAIN},
-    {"ratio": 1.0, "awq": True, "scale_estimation": False},
-    {"ratio": 1.0, "awq": False, "scale_estimation": True},
-    {"ratio": 1.0, **AWQ_SE},
-    {"ratio": 0.8, **AWQ_SE},  # ovchat's default since session 4
-    {"ratio": 0.6, **AWQ_SE},
+    {"group_size": 128, "ratio": 1.0, "awq": True, "scale_estimation": False},
+    {"group_size": 128, "ratio": 1.0, "awq": False, "scale_estimation": True},
+    {"group_size": 128, "ratio": 1.0, **AWQ_SE},
+    {"group_size": 128, "ratio": 0.8, **AWQ_SE},  # session 4's default
+    {"group_size": 128, "ratio": 0.6, **AWQ_SE},
     # Added after the committed table (session 4's follow-up: recipes_smollm2_g32.md, docs/quality.md).
-    {"ratio": 0.6, "group_size": 32, **AWQ_SE},
+    {"ratio": 0.6, "group_size": 32, **AWQ_SE},  # ovchat's default since session 5
     {"ratio": 0.8, "group_size": 32, **AWQ_SE},
     {"ratio": 0.7, "group_size": 64, "sym": False, **AWQ_SE},
-    {"ratio": 0.6, "sym": False, **AWQ_SE},
+    {"group_size": 128, "ratio": 0.6, "sym": False, **AWQ_SE},
 ]
 SIZE_SLACK = 1.15  # "int4 size": at most this × the Q4_1 file
 SPEED_SLACK = 0.90  # "fast": at least this × the fastest int4-size recipe's decode rate
@@ -110,8 +112,15 @@ def export_all(model: str, recipes: list[dict]) -> list[Path]:
     return folders
 
 
-def llama_quality(report: dict, folders: list[Path], gguf: Path, python: str, threads: int) -> dict:
-    """Q4_1 against the report's reference, on the report's tokens, windows and prompt tokens."""
+def llama_quality(
+    report: dict,
+    folders: list[Path],
+    gguf: Path,
+    python: str,
+    threads: int,
+    name: str = "llama.cpp Q4_1 (the original GGUF)",
+) -> dict:
+    """A GGUF against the report's reference, on the report's tokens, windows and prompt tokens."""
     import openvino_genai as ov_genai
 
     from ovchat import engine
@@ -127,7 +136,7 @@ def llama_quality(report: dict, folders: list[Path], gguf: Path, python: str, th
     try:
         ref_tally, tally = score_text([ref, llama], ids, text["window"], text["stride"])
         row = {
-            "name": "llama.cpp Q4_1 (the original GGUF)",
+            "name": name,
             "weights_mb": round(gguf.stat().st_size / 1e6, 1),
             "perplexity": tally.perplexity(),
             **tally.versus_reference(),
@@ -151,15 +160,19 @@ def llama_quality(report: dict, folders: list[Path], gguf: Path, python: str, th
     return row
 
 
-def decode_speeds(folders: list[Path], gguf: Path | None, python: str | None, rounds: int, runs: int) -> dict:
-    """Median decode tok/s per folder (and the GGUF), 64 new tokens after a 32-token prompt."""
+def decode_speeds(
+    folders: list[Path], gguf: Path | dict[str, Path] | None, python: str | None, rounds: int, runs: int
+) -> dict:
+    """Median decode tok/s per folder and GGUF ({key: path}; a lone path is keyed "llama.cpp"),
+    64 new tokens after a 32-token prompt."""
     import ovchat
     from ovchat import bench, catalog
 
     tokenizer = ovchat.load(str(folders[0])).tokenizer
     specs = {str(f): {"engine": "ovchat", "model": str(f), "python": sys.executable} for f in folders}
-    if gguf is not None and python:
-        specs["llama.cpp"] = {"engine": "llama.cpp", "model": str(gguf), "python": python}
+    ggufs = {"llama.cpp": gguf} if isinstance(gguf, Path) else gguf or {}
+    for key, path in ggufs.items() if python else ():
+        specs[key] = {"engine": "llama.cpp", "model": str(path), "python": python}
     samples: dict[str, list[float]] = {key: [] for key in specs}
     variant = 0
     for round_ in range(rounds):
@@ -241,6 +254,18 @@ def markdown(data: dict) -> str:
             f"{dec['median']:.1f}" if dec else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if data.get("requant"):
+        lines += [
+            "",
+            "The llama.cpp rows are llama.cpp's quantizer run on the reference's own float32 weights "
+            "(`convert_hf_to_gguf.py --outtype f32`, then `llama_model_quantize`), so they and ovchat's rows start "
+            "from the same numbers. Those numbers are Q4_1's grid dequantised, so a Q4_1 requantisation finds "
+            "that grid again and is lossless by construction; Q4_0 and the K-quants do not share it. SmolLM2's "
+            "width (576) is not a multiple of 256, so most of the K-quant files' tensors fall back to Q5_0 "
+            "(Q8_0 for some): they are larger than their names suggest. Decode is from this run only.",
+            "",
+        ]
+        return "\n".join(lines)
     lines += [
         "",
         f"**Rule** (`choose_default` in benchmarks/recipes.py): among recipes at int4 size (weights ≤ {SIZE_SLACK} × "
@@ -277,6 +302,44 @@ def chart(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def llama_requantized(args) -> dict:
+    """llama.cpp's own quantizer on the very float weights the reference holds, against ovchat's
+    recipes from the committed tables: both quantizers start from the same numbers."""
+    sys.path.insert(0, str(HERE))
+    from phi3_shape import to_gguf
+
+    tables = [json.loads(Path(p).read_text()) for p in args.source_json.split(",")]
+    data = {k: v for k, v in tables[0].items() if k not in ("rows", "decode_remeasured", "default")}
+    rows = [r for t in tables for r in t["rows"] if "folder" in r and r["weights_mb"] <= SIZE_SLACK * data["q4_1_mb"]]
+    rows = list({r["name"]: r for r in rows}.values())
+    report = data["eval"]
+    folders = [Path(r["folder"]) for r in rows]
+    reference = Path(report["reference"]["folder"])
+    ggufs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for ftype in args.llama_requant.split(","):
+            gguf = Path(args.gguf_dir) / f"{reference.name}.{ftype}.gguf"
+            if not gguf.is_file():
+                to_gguf(reference, Path(args.llama_src), args.llama_python, Path(tmp) / gguf.name, ftype, "f32")
+                gguf.parent.mkdir(parents=True, exist_ok=True)
+                (Path(tmp) / gguf.name).replace(gguf)
+            name = f"llama.cpp {ftype} (requantised from the reference)"
+            rows.append(llama_quality(report, folders, gguf, args.llama_python, 2, name))
+            ggufs[name] = gguf
+    speeds = decode_speeds(folders, ggufs, args.llama_python, args.rounds, args.runs)
+    for row in rows:
+        row["decode"] = speeds[row.get("folder", row["name"])]
+    data.update(
+        date=time.strftime("%Y-%m-%d"),
+        command=" ".join(["python", "benchmarks/recipes.py", *sys.argv[1:]]),
+        rounds=args.rounds,
+        runs=args.runs,
+        rows=rows,
+        requant=args.llama_requant.split(","),
+    )
+    return data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llama-python", help="python of a venv with llama-cpp-python (omit: no Q4_1 row)")
@@ -288,10 +351,20 @@ def main() -> None:
     parser.add_argument("--remeasure", action="store_true", help="decode again for the int4-size rows (in the JSON)")
     parser.add_argument("--out", default=str(OUT), help="results path without suffix")
     parser.add_argument("--report-only", action="store_true", help="rewrite md/png from the JSON")
+    parser.add_argument(
+        "--llama-requant", help="llama.cpp types (Q4_0,Q4_K_M,...) to quantize the reference's floats to"
+    )
+    parser.add_argument("--llama-src", help="llama-cpp-python's unpacked source distribution (for --llama-requant)")
+    parser.add_argument(
+        "--source-json", default=str(OUT.with_suffix(".json")), help="tables whose rows --llama-requant reuses"
+    )
+    parser.add_argument("--gguf-dir", default="/tmp/ovchat-requant", help="where --llama-requant keeps its GGUFs")
     args = parser.parse_args()
     out = Path(args.out)
     json_path = out.with_suffix(".json")
-    if args.report_only or args.remeasure:
+    if args.llama_requant:
+        data = llama_requantized(args)
+    elif args.report_only or args.remeasure:
         data = json.loads(json_path.read_text())
         if args.remeasure:  # decode again, longer, for the recipes the rule weighs (int4 size) and Q4_1
             from ovchat import catalog
@@ -341,7 +414,8 @@ def main() -> None:
             "rows": rows,
         }
     ours = [r for r in data["rows"] if not r["name"].startswith("llama.cpp")]
-    data["default"] = choose_default(ours, data["q4_1_mb"])["name"]  # what the rule picks from these rows
+    # What the rule picks from these rows; a requantisation table compares quantizers, not a choice.
+    data["default"] = None if data.get("requant") else choose_default(ours, data["q4_1_mb"])["name"]
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(data, indent=1))
     out.with_suffix(".md").write_text(markdown(data))

@@ -30,14 +30,15 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Recipe:
-    """How weights are compressed. The defaults are ovchat's: int4 sym group 128 for 80% of the layers
+    """How weights are compressed. The defaults are ovchat's: int4 sym group 32 for 60% of the layers
     (the rest int8), with AWQ and scale estimation calibrated on a shipped text: the best quality per
-    byte among the fast recipes in benchmarks/results/recipes_smollm2.md (the rule: docs/quality.md).
+    byte among the fast recipes in benchmarks/results/recipes_smollm2*.md, by the rule in
+    docs/quality.md, and no slower than group 128 at Phi-3-mini's widths (docs/speed.md).
     SEED_RECIPE is the Phi-3 sample's."""
 
     weight_format: str = "int4"
-    group_size: int = 128
-    ratio: float = 0.8
+    group_size: int = 32
+    ratio: float = 0.6
     sym: bool = True
     # Data-aware int4, calibrated on the shipped calibration text (never the evaluation text).
     awq: bool = True
@@ -83,7 +84,7 @@ class Recipe:
         return args
 
 
-SEED_RECIPE = Recipe(ratio=0.6, awq=False, scale_estimation=False)  # --group-size 128 --ratio 0.6 --sym
+SEED_RECIPE = Recipe(group_size=128, ratio=0.6, awq=False, scale_estimation=False)  # as the sample's --sym
 
 
 def _need_export_extra() -> None:

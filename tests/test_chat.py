@@ -51,7 +51,7 @@ def ends_cleanly(child: pexpect.spawn) -> int:
 @pytest.mark.slow
 def test_conversation_in_a_terminal(smollm2_ov, tmp_path):
     child = spawn("--model", str(smollm2_ov), "--max-new-tokens", "48")
-    say(child, "Hi! My name is Ada.")
+    say(child, "Hi! I am Ada Lovelace.")  # a wording the 135M default export follows
     assert "Ada" in say(child, "What is my name?")  # the second turn sees the first
     stats = say(child, "/stats")
     assert "cached" in stats and "first token" in stats and "tok/s" in stats
@@ -64,7 +64,7 @@ def test_conversation_in_a_terminal(smollm2_ov, tmp_path):
     assert "Ada" in say(child, "What is my name?")  # remembered again from the file
     saved = json.loads(transcript.read_text())
     assert [m["role"] for m in saved] == ["user", "assistant", "user", "assistant"]
-    assert saved[0]["content"] == "Hi! My name is Ada."
+    assert saved[0]["content"] == "Hi! I am Ada Lovelace."
     child.sendeof()
     assert ends_cleanly(child) == 0
 

@@ -17,9 +17,9 @@ from ovchat.inventory import recipe_tag
 
 
 def test_recipe_tags_name_the_data_aware_steps():
-    assert Recipe().tag == "int4-sym-g128-r0.8-awq-se"  # the default, chosen in benchmarks/recipes.py
+    assert Recipe().tag == "int4-sym-g32-r0.6-awq-se"  # the default, chosen in benchmarks/recipes.py
     assert SEED_RECIPE.tag == "int4-sym-g128-r0.6" and not SEED_RECIPE.data_aware
-    assert Recipe(ratio=1.0, awq=False).tag == "int4-sym-g128-r1-se"
+    assert Recipe(group_size=128, ratio=1.0, awq=False).tag == "int4-sym-g128-r1-se"
     assert Recipe(awq=True, scale_estimation=False).data_aware
 
 
@@ -62,7 +62,7 @@ def test_quantization_config_says_what_optimum_intel_needs():
     cfg = quantization_config(Recipe(scale_estimation=False).__dict__, ["a", "b"])
     assert cfg["quant_method"] == "awq" and cfg["scale_estimation"] is None
     assert cfg["dataset"] == ["a", "b"] and cfg["num_samples"] == 2
-    assert (cfg["bits"], cfg["ratio"], cfg["group_size"], cfg["sym"]) == (4, 0.8, 128, True)
+    assert (cfg["bits"], cfg["ratio"], cfg["group_size"], cfg["sym"]) == (4, 0.6, 32, True)
     cfg = quantization_config(Recipe(awq=False, sym=False).__dict__, ["a"])
     assert cfg["quant_method"] == "default" and cfg["scale_estimation"] is True and cfg["sym"] is False
 
@@ -70,8 +70,9 @@ def test_quantization_config_says_what_optimum_intel_needs():
 def test_hints_point_to_the_next_recipe_to_try():
     assert "--awq --scale-estimation" in check.hint(SEED_RECIPE)
     assert "--ratio 0.4" in check.hint(SEED_RECIPE)
-    assert "--awq" not in check.hint(Recipe())
-    assert "--ratio 0.6" in check.hint(Recipe())
+    assert "--group-size 32" in check.hint(SEED_RECIPE)
+    assert "--awq" not in check.hint(Recipe()) and "--group-size" not in check.hint(Recipe())
+    assert "--ratio 0.4" in check.hint(Recipe())
     assert "fp16" in check.hint(Recipe(weight_format="int8"))
 
 
@@ -115,11 +116,11 @@ def test_no_check_skips_it(tiny_phi3_dir, tmp_path):
 
 @pytest.mark.slow
 def test_a_lossy_export_of_the_real_model_warns_with_a_hint(smollm2_gguf, tmp_path):
-    # Plain int4 everywhere costs SmolLM2-135M about a third of its perplexity: far past the threshold.
-    args = ["--ratio", "1", "--no-awq", "--no-scale-estimation", "--check"]
+    # Plain int4 group 128 everywhere costs SmolLM2-135M ~30% of its perplexity: far past the threshold.
+    args = ["--group-size", "128", "--ratio", "1", "--no-awq", "--no-scale-estimation", "--check"]
     done = run_cli("export", str(smollm2_gguf), "-o", str(tmp_path / "r1"), *args)
     assert done.returncode == 0, done.stderr
     assert "warning: this export's perplexity is more than 15% above its source's" in done.stderr
-    assert "try --awq --scale-estimation" in done.stderr
+    assert "try --awq --scale-estimation" in done.stderr and "--group-size 32" in done.stderr
     result = json.loads((tmp_path / "r1" / "ovchat_manifest.json").read_text())["quality_check"]
     assert result["warning"] is True and result["ppl_ratio"]["value"] > 1.15

@@ -30,9 +30,9 @@ def test_default_export_recipe_and_fallback(smollm2_ov):
         "kind": "wheel",
         "identity": catalog.resolve("smollm2-135m").identity,
     }
-    # hidden 576 is not a multiple of 128: those layers fell back to group 64, and the manifest says so.
-    assert info["recipe"]["group_size"] == 128 and info["recipe"]["adjusted_group_sizes"] == [64]
-    assert info["weights"]["int4 group 64"] > 0
+    # hidden 576 is a multiple of the default group 32: no layer falls back (see test_phi3_seed for one).
+    assert info["recipe"]["group_size"] == 32 and info["recipe"]["adjusted_group_sizes"] == []
+    assert info["weights"]["int4 group 32"] > 0 and not any(k.startswith("int4 group 64") for k in info["weights"])
     size = sum(e["size"] for e in info["files"].values())
     assert 60e6 < size < 160e6  # int4: well under the 265 MB fp16 IR
 
@@ -63,12 +63,11 @@ def test_answers_paris(smollm2):
 
 
 def test_streamed_pieces_never_split_a_character(smollm2):
-    chunks = list(
-        smollm2.stream_generate("Write three emoji, then the French word for summer (été).", max_new_tokens=40)
-    )
+    # A prompt the default export answers with "é" (two bytes, split over tokens) among many pieces.
+    chunks = list(smollm2.stream_generate("Write the word café.", max_new_tokens=40))
     pieces = [c.text for c in chunks]
     assert all("\ufffd" not in p for p in pieces)
-    assert any(ord(ch) > 127 for ch in "".join(pieces))  # the answer does hold multi-byte characters
+    assert any(ord(ch) > 127 for ch in "".join(pieces)) and len(pieces) > 5
 
 
 def test_sampling_with_a_seed_is_repeatable(smollm2):
@@ -130,6 +129,7 @@ def test_prompt_lookup_gives_the_same_answer_in_fewer_steps(smollm2, smollm2_ov)
 
 
 def test_cli_prompt_lookup(smollm2_ov):
-    done = run_cli("generate", "Repeat exactly: the cat sat on the mat.", "--model", str(smollm2_ov), "--prompt-lookup")
+    prompt = "Repeat after me: the cat sat on the mat."
+    done = run_cli("generate", prompt, "--model", str(smollm2_ov), "--prompt-lookup")
     assert done.returncode == 0, done.stderr
     assert "cat sat on the mat" in done.stdout

@@ -40,6 +40,8 @@ def hint(recipe) -> str:
     tips = []
     if not recipe.awq:
         tips.append("--awq --scale-estimation (data-aware, calibrated on shipped text)")
+    if recipe.group_size > 32:
+        tips.append("--group-size 32 (a scale per 32 weights)")
     if recipe.ratio > 0.4:
         tips.append(f"--ratio {max(0.2, round(recipe.ratio - 0.2, 1)):g} (more layers in int8)")
     tips.append("--weight-format int8")
