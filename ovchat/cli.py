@@ -109,7 +109,7 @@ model_option = click.option(
 )
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def export(model: str, output: str | None, force: bool, check: bool | None, **recipe) -> None:
-    """Export MODEL to OpenVINO IR (default: int4 sym group 32 on 60% of the layers, AWQ + scale estimation).
+    """Export MODEL to OpenVINO IR (default: int4 sym group 32 on half of the layers, AWQ + scale estimation).
 
     The Phi-3 sample's recipe: --group-size 128 --ratio 0.6 --no-awq --no-scale-estimation (faster to export,
     less accurate; see docs/quality.md).

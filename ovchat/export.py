@@ -30,7 +30,7 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Recipe:
-    """How weights are compressed. The defaults are ovchat's: int4 sym group 32 for 60% of the layers
+    """How weights are compressed. The defaults are ovchat's: int4 sym group 32 for half of the layers
     (the rest int8), with AWQ and scale estimation calibrated on a shipped text: the best quality per
     byte among the fast recipes in benchmarks/results/recipes_smollm2*.md, by the rule in
     docs/quality.md, and no slower than group 128 at Phi-3-mini's widths (docs/speed.md).
@@ -38,7 +38,7 @@ class Recipe:
 
     weight_format: str = "int4"
     group_size: int = 32
-    ratio: float = 0.6
+    ratio: float = 0.5
     sym: bool = True
     # Data-aware int4, calibrated on the shipped calibration text (never the evaluation text).
     awq: bool = True

@@ -45,7 +45,7 @@ def test_export_dir_is_keyed_by_source_and_recipe():
     source = catalog.resolve("phi-3-mini")
     seed = catalog.export_dir(source, Recipe().tag)
     assert seed == catalog.export_dir(catalog.resolve("phi-3-mini"), Recipe().tag)
-    assert seed.name.startswith("phi-3-mini-int4-sym-g32-r0.6-awq-se-")
+    assert seed.name.startswith("phi-3-mini-int4-sym-g32-r0.5-awq-se-")
     assert seed != catalog.export_dir(source, Recipe(ratio=1.0).tag)
     assert seed != catalog.export_dir(catalog.resolve("qwen2.5-0.5b"), Recipe().tag)
 
@@ -55,7 +55,7 @@ def test_recipe_arguments_are_the_seeds():
         "--weight-format", "int4", "--group-size", "128", "--ratio", "0.6", "--group-size-fallback", "adjust", "--sym",
     ]  # fmt: skip
     assert Recipe(weight_format="int8").optimum_args() == ["--weight-format", "int8"]
-    assert Recipe(sym=False).tag == "int4-asym-g32-r0.6-awq-se"
+    assert Recipe(sym=False).tag == "int4-asym-g32-r0.5-awq-se"
     assert SEED_RECIPE == Recipe(group_size=128, ratio=0.6, awq=False, scale_estimation=False)
 
 

@@ -17,7 +17,7 @@ from ovchat.inventory import recipe_tag
 
 
 def test_recipe_tags_name_the_data_aware_steps():
-    assert Recipe().tag == "int4-sym-g32-r0.6-awq-se"  # the default, chosen in benchmarks/recipes.py
+    assert Recipe().tag == "int4-sym-g32-r0.5-awq-se"  # the default, chosen in benchmarks/recipes.py
     assert SEED_RECIPE.tag == "int4-sym-g128-r0.6" and not SEED_RECIPE.data_aware
     assert Recipe(group_size=128, ratio=1.0, awq=False).tag == "int4-sym-g128-r1-se"
     assert Recipe(awq=True, scale_estimation=False).data_aware
@@ -62,7 +62,7 @@ def test_quantization_config_says_what_optimum_intel_needs():
     cfg = quantization_config(Recipe(scale_estimation=False).__dict__, ["a", "b"])
     assert cfg["quant_method"] == "awq" and cfg["scale_estimation"] is None
     assert cfg["dataset"] == ["a", "b"] and cfg["num_samples"] == 2
-    assert (cfg["bits"], cfg["ratio"], cfg["group_size"], cfg["sym"]) == (4, 0.6, 32, True)
+    assert (cfg["bits"], cfg["ratio"], cfg["group_size"], cfg["sym"]) == (4, 0.5, 32, True)
     cfg = quantization_config(Recipe(awq=False, sym=False).__dict__, ["a"])
     assert cfg["quant_method"] == "default" and cfg["scale_estimation"] is True and cfg["sym"] is False
 
@@ -72,7 +72,7 @@ def test_hints_point_to_the_next_recipe_to_try():
     assert "--ratio 0.4" in check.hint(SEED_RECIPE)
     assert "--group-size 32" in check.hint(SEED_RECIPE)
     assert "--awq" not in check.hint(Recipe()) and "--group-size" not in check.hint(Recipe())
-    assert "--ratio 0.4" in check.hint(Recipe())
+    assert "--ratio 0.3" in check.hint(Recipe())
     assert "fp16" in check.hint(Recipe(weight_format="int8"))
 
 
