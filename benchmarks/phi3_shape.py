@@ -3,7 +3,7 @@
 Speed depends on shapes, not weight values. This builds `Phi3ForCausalLM` with Phi-3-mini-4k's
 widths (hidden 3072, intermediate 8192, 32 heads, vocab 32064, untied head) and --layers of its 32
 decoder layers (the full model's fp32 export needs more than this machine's 24 GB), then:
-- exports it with ovchat's default recipe (and, with --recipe, another one);
+- exports it with the Phi-3 sample's recipe (and, with --recipe, another one: spell out its fields);
 - converts it with the `convert_hf_to_gguf.py` that ships in llama-cpp-python's source distribution
   and quantizes it to Q4_0 with llama-cpp-python's own quantizer.
 The tokenizer is a SentencePiece model trained on ../shared/data's novels (vocabulary padded to

@@ -6,9 +6,10 @@ Each folder is compiled with ovchat's runtime properties plus PERF_COUNT, fed a 
 --steps single-token decode steps; the first 4 are warm-up. For every kind of node it prints the time
 per step, and for the matrix products (FullyConnected) the time per projection (q/k/v/o, gate/up/down,
 lm_head) beside the bytes of weights that projection reads, so "GB/s" says whether a kernel is bound by
-memory (near the machine's read bandwidth) or by its own work (far below it). The counters sum each
-node's own wall time, so their total runs above the step time the profiler-free loop measures; read
-the shares, not the sums. Writes OUT.md and OUT.json.
+memory (near the machine's read bandwidth) or by its own work (far below it). The counters hold each
+node's own time only: the step's clock also holds the infer call and what runs between nodes, and
+OpenVINO keeps each node's average in whole microseconds, so the sum runs below the step (most on
+small models with many nodes). Shares are of the counted time. Writes OUT.md and OUT.json.
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "profile_step")
     args = parser.parse_args()
+    if args.steps <= WARMUP:
+        parser.error(f"--steps must be above the {WARMUP} warm-up steps")
     reports = [profile(folder, args.steps) for folder in args.folders]
     command = "python benchmarks/profile_step.py " + " ".join(
         a if not a.startswith("/") else Path(a).name for a in sys.argv[1:]

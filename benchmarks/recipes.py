@@ -365,6 +365,10 @@ def main() -> None:
     out = Path(args.out)
     json_path = out.with_suffix(".json")
     if args.llama_requant:
+        if not (args.llama_python and args.llama_src):
+            parser.error("--llama-requant needs --llama-python and --llama-src")
+        if json_path.resolve() in {Path(p).resolve() for p in args.source_json.split(",")}:
+            parser.error("--llama-requant writes a table of its own: give --out another path than --source-json's")
         data = llama_requantized(args)
     elif args.report_only or args.remeasure:
         data = json.loads(json_path.read_text())
