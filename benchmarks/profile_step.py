@@ -23,8 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 WARMUP = 4
 
@@ -58,6 +56,7 @@ def profile(folder: Path, steps: int) -> dict:
     import openvino as ov
 
     from ovchat import engine
+    from ovchat.eval.logits import step_inputs
 
     core = ov.Core()
     model = core.read_model(folder / "openvino_model.xml")
@@ -69,14 +68,9 @@ def profile(folder: Path, steps: int) -> dict:
     request = compiled.create_infer_request()
 
     def infer(ids: list[int], past: int) -> float:
-        feed = {
-            "input_ids": np.asarray([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, past + len(ids)), dtype=np.int64),
-            "position_ids": np.arange(past, past + len(ids), dtype=np.int64)[None],
-            "beam_idx": np.zeros(1, dtype=np.int32),
-        }
+        feed = step_inputs(ids, past, names)
         started = time.perf_counter()
-        request.infer({k: v for k, v in feed.items() if k in names})
+        request.infer(feed)
         return time.perf_counter() - started
 
     def counters() -> tuple[dict, dict]:

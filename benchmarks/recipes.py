@@ -44,18 +44,18 @@ RECIPES = [
     {"weight_format": "int8"},
     {"group_size": 128, "ratio": 0.6, **PLAIN},  # the seed's: int4 sym, group 128, ratio 0.6 (the rest int8)
     {"group_size": 128, "ratio": 1.0, **PLAIN},
-    {"ratio": 1.0, "group_size": 64, **PLAIN},
+    {"group_size": 64, "ratio": 1.0, **PLAIN},
     {"group_size": 128, "ratio": 1.0, "sym": False, **PLAIN},
-    {"ratio": 1.0, "group_size": 64, "sym": False, **PLAIN},
+    {"group_size": 64, "ratio": 1.0, "sym": False, **PLAIN},
     {"group_size": 128, "ratio": 1.0, "awq": True, "scale_estimation": False},
     {"group_size": 128, "ratio": 1.0, "awq": False, "scale_estimation": True},
     {"group_size": 128, "ratio": 1.0, **AWQ_SE},
     {"group_size": 128, "ratio": 0.8, **AWQ_SE},  # session 4's default
     {"group_size": 128, "ratio": 0.6, **AWQ_SE},
     # Added after the committed table (session 4's follow-up: recipes_smollm2_g32.md, docs/quality.md).
-    {"ratio": 0.6, "group_size": 32, **AWQ_SE},  # ovchat's default for part of session 5
-    {"ratio": 0.8, "group_size": 32, **AWQ_SE},
-    {"ratio": 0.7, "group_size": 64, "sym": False, **AWQ_SE},
+    {"group_size": 32, "ratio": 0.6, **AWQ_SE},  # ovchat's default for part of session 5
+    {"group_size": 32, "ratio": 0.8, **AWQ_SE},
+    {"group_size": 64, "ratio": 0.7, "sym": False, **AWQ_SE},
     {"group_size": 128, "ratio": 0.6, "sym": False, **AWQ_SE},
     # Session 5: group 32 with more int8, toward the 5% target (recipes_smollm2_r05.md).
     {"group_size": 32, "ratio": 0.5, **AWQ_SE},  # ovchat's default since session 5
@@ -162,17 +162,14 @@ def llama_quality(
     return row
 
 
-def decode_speeds(
-    folders: list[Path], gguf: Path | dict[str, Path] | None, python: str | None, rounds: int, runs: int
-) -> dict:
-    """Median decode tok/s per folder and GGUF ({key: path}; a lone path is keyed "llama.cpp"),
+def decode_speeds(folders: list[Path], ggufs: dict[str, Path], python: str | None, rounds: int, runs: int) -> dict:
+    """Median decode tok/s per folder and per GGUF (keyed as in `ggufs`; none without `python`),
     64 new tokens after a 32-token prompt."""
     import ovchat
     from ovchat import bench, catalog
 
     tokenizer = ovchat.load(str(folders[0])).tokenizer
     specs = {str(f): {"engine": "ovchat", "model": str(f), "python": sys.executable} for f in folders}
-    ggufs = {"llama.cpp": gguf} if isinstance(gguf, Path) else gguf or {}
     for key, path in ggufs.items() if python else ():
         specs[key] = {"engine": "llama.cpp", "model": str(path), "python": python}
     samples: dict[str, list[float]] = {key: [] for key in specs}
@@ -307,7 +304,6 @@ def chart(data: dict, path: Path) -> None:
 def llama_requantized(args) -> dict:
     """llama.cpp's own quantizer on the very float weights the reference holds, against ovchat's
     recipes from the committed tables: both quantizers start from the same numbers."""
-    sys.path.insert(0, str(HERE))
     from phi3_shape import to_gguf
 
     tables = [json.loads(Path(p).read_text()) for p in args.source_json.split(",")]
@@ -377,7 +373,9 @@ def main() -> None:
 
             gguf = catalog.materialize(catalog.resolve("smollm2-135m"))
             sized = [r for r in data["rows"] if "folder" in r and r["weights_mb"] <= SIZE_SLACK * data["q4_1_mb"]]
-            speeds = decode_speeds([Path(r["folder"]) for r in sized], gguf, args.llama_python, args.rounds, args.runs)
+            speeds = decode_speeds(
+                [Path(r["folder"]) for r in sized], {"llama.cpp": gguf}, args.llama_python, args.rounds, args.runs
+            )
             for row in sized:
                 row["decode"] = speeds[row["folder"]]
             if args.llama_python:
@@ -403,7 +401,7 @@ def main() -> None:
             rows.append({**{k: v for k, v in row.items() if k != "answers"}, "folder_mb": round(folder_mb(folder), 1)})
         if args.llama_python:
             rows.append(llama_quality(report, folders, gguf, args.llama_python, 2))
-        speeds = decode_speeds(folders, gguf, args.llama_python, args.rounds, args.runs)
+        speeds = decode_speeds(folders, {"llama.cpp": gguf}, args.llama_python, args.rounds, args.runs)
         for folder, row in zip(folders, rows, strict=False):
             row["decode"] = speeds[str(folder)]
         if args.llama_python:

@@ -45,6 +45,18 @@ def sliding_logits(scorer, ids: Sequence[int], window: int, stride: int) -> Iter
         yield first, end, logits[first - 1 - start : end - 1 - start]
 
 
+def step_inputs(ids: Sequence[int], offset: int, names: set[str]) -> dict[str, np.ndarray]:
+    """A stateful export's inputs for `ids` after `offset` tokens already in its KV cache (those it has)."""
+    n = len(ids)
+    feed = {
+        "input_ids": np.asarray([ids], dtype=np.int64),
+        "attention_mask": np.ones((1, offset + n), dtype=np.int64),
+        "position_ids": np.arange(offset, offset + n, dtype=np.int64)[None],
+        "beam_idx": np.zeros(1, dtype=np.int32),
+    }
+    return {k: v for k, v in feed.items() if k in names}
+
+
 class OpenVINOLogits:
     """An exported folder's openvino_model.xml, compiled with the runtime's settings (what users get).
 
@@ -76,14 +88,7 @@ class OpenVINOLogits:
         }
 
     def _infer(self, ids: Sequence[int], offset: int) -> np.ndarray:
-        n = len(ids)
-        feed = {
-            "input_ids": np.asarray([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, offset + n), dtype=np.int64),
-            "position_ids": np.arange(offset, offset + n, dtype=np.int64)[None],
-            "beam_idx": np.zeros(1, dtype=np.int32),
-        }
-        out = self._request.infer({k: v for k, v in feed.items() if k in self._inputs})
+        out = self._request.infer(step_inputs(ids, offset, self._inputs))
         return out["logits"][0]
 
     def __call__(self, ids: Sequence[int]) -> np.ndarray:
