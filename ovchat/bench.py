@@ -17,13 +17,13 @@ from pathlib import Path
 
 from . import engine
 from .errors import OvchatError, print_nothing
+from .precision import Precision, cpu_info, isa
 
 # Ordinary English, so prompts are made of ordinary tokens; repeated to any length.
 FILLER = (
     "The river ran past the old mill, where the miller kept a ledger of every sack of grain. "
     "In the spring the water rose, and the children counted the boats that drifted by the bridge. "
 )
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
 METRICS = ("ttft_ms", "prefill_tok_s", "tpot_ms", "decode_tok_s")
 
 
@@ -31,19 +31,10 @@ def machine() -> dict:
     """What the numbers depend on: CPU model, cores, vector ISA, OpenVINO version."""
     import openvino as ov
 
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and ":" in line:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_info()[0],
         "cores": os.cpu_count(),
-        "isa": [f for f in ISA_FLAGS if f in flags],
+        "isa": isa(),
         "openvino": ov.get_version(),
         "python": platform.python_version(),
     }
@@ -89,12 +80,15 @@ def run(
     warmup: int = 1,
     cache_dir: str | None = None,
     config: dict | None = None,
+    precision: str | None = None,
+    kv_cache_precision: str | None = None,
     progress: Callable[[int, int], None] = lambda done, total: None,
     log: Callable[[str], None] = print_nothing,
 ) -> dict:
     """Measure `model` and return the report (see `format_table` and the JSON it is saved as).
 
-    `config` adds OpenVINO properties to the runtime's (as `ovchat.load`'s does)."""
+    `config` adds OpenVINO properties to the runtime's, and `precision`/`kv_cache_precision` override the
+    precisions, as `ovchat.load`'s do; the report says which ran."""
     if runs < 1 or warmup < 0 or new_tokens < 1 or not prompt_tokens or min(prompt_tokens) < 1:
         raise OvchatError("runs, new tokens and every prompt length must be positive (warm-up may be 0)")
     path, _ = engine.prepare(model, device, log=log)  # exporting, if needed, is not part of load time
@@ -107,7 +101,15 @@ def run(
         )
     started = time.perf_counter()
     properties = dict(config or {})
-    handle = engine.load(str(path), device=device, cache_dir=cache_dir, config=properties, log=log)
+    handle = engine.load(
+        str(path),
+        device=device,
+        cache_dir=cache_dir,
+        config=properties,
+        precision=precision,
+        kv_cache_precision=kv_cache_precision,
+        log=log,
+    )
     load_s = time.perf_counter() - started
 
     import openvino as ov
@@ -150,6 +152,7 @@ def run(
         "folder": str(path),
         "device": device,
         "config": properties,
+        "precision": handle.precision.as_dict(),
         "size_mb": round(_size_mb(path), 1),
         "load_s": round(load_s, 3),
         "new_tokens": new_tokens,
@@ -167,6 +170,7 @@ def format_table(report: dict) -> str:
         f"{report['model']} on {report['device']} · {report['size_mb']:.0f} MB on disk · load {report['load_s']:.2f} s"
         f" · peak RSS {report['peak_rss_mb']:.0f} MB",
         f"{m['cpu']}, {m['cores']} cores, {' '.join(m['isa']) or 'no AVX2'}, OpenVINO {m['openvino']}",
+        f"precision: {Precision(**report['precision'])}",
         f"{report['new_tokens']} new tokens per run, median (min–max) of {report['runs']} runs, "
         f"{report['warmup']} warm-up",
         "",

@@ -15,6 +15,7 @@ from . import catalog
 from .engine import DEFAULT_DEVICE, DEFAULT_MAX_NEW_TOKENS
 from .errors import OvchatError
 from .export import WEIGHT_FORMATS, Recipe
+from .precision import INFERENCE_PRECISIONS, KV_CACHE_PRECISIONS, PRECISION_ENV
 
 
 def _say(message: str) -> None:
@@ -148,18 +149,24 @@ concurrency_option = click.option(
     show_default=True,
     help="Requests generating at once (continuous batching; OVMS's max_num_seqs).",
 )
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(INFERENCE_PRECISIONS),
+    envvar=PRECISION_ENV,
+    help=f"Inference precision (default: the fastest measured for this CPU; env {PRECISION_ENV}).",
+)
 kv_precision_option = click.option(
     "--kv-cache-precision",
-    type=click.Choice(["f32", "f16", "u8"]),
-    default="f32",
-    show_default=True,
-    help="f32 gives the same answer at any concurrency; u8 takes a quarter of the memory.",
+    type=click.Choice(KV_CACHE_PRECISIONS),
+    help="KV cache precision (default: the inference precision's, the same answer at any concurrency; "
+    "u8 takes a quarter of f32's memory but lets answers drift with the batch).",
 )
 
 run_options = _options(
     model_option,
     click.option("--system", help="System prompt."),
     device_option,
+    precision_option,
     cache_dir_option,
     click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS, show_default=True),
     click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True, help="0 is greedy."),
@@ -186,6 +193,7 @@ def generate(
     model: str,
     system: str | None,
     device: str,
+    precision: str | None,
     cache_dir: str | None,
     stream: bool,
     raw: bool,
@@ -198,7 +206,9 @@ def generate(
 
     if raw and system is not None:
         raise OvchatError("--system has no effect with --raw (no chat template is applied); drop one of them")
-    handle = load(model, device=device, cache_dir=cache_dir, prompt_lookup=prompt_lookup, log=_say)
+    handle = load(
+        model, device=device, precision=precision, cache_dir=cache_dir, prompt_lookup=prompt_lookup, log=_say
+    )
     last = None
     pieces = []
     for last in handle.stream_generate(prompt, system=system, raw=raw, **sampling):
@@ -213,7 +223,7 @@ def generate(
         rate = f"{last.tokens_per_second:.1f} tok/s" if last.tokens_per_second else "n/a"
         _say(
             f"[{last.prompt_tokens} prompt tokens, {last.token_count} new, first token {ttft}, {rate}, "
-            f"finish: {last.finish_reason}]"
+            f"finish: {last.finish_reason}; {handle.precision}]"
         )
 
 
@@ -224,6 +234,7 @@ def chat(
     model: str,
     system: str | None,
     device: str,
+    precision: str | None,
     cache_dir: str | None,
     verbose: bool,
     prompt_lookup: bool,
@@ -240,7 +251,9 @@ def chat(
 
     piped = not sys.stdin.isatty()
     text = sys.stdin.read() if piped else ""
-    handle = load(model, device=device, cache_dir=cache_dir, prompt_lookup=prompt_lookup, log=_say)
+    handle = load(
+        model, device=device, precision=precision, cache_dir=cache_dir, prompt_lookup=prompt_lookup, log=_say
+    )
     session = ChatSession(handle, system=system, sampling=sampling)
     if piped:
         answer_piped(session, text, verbose)
@@ -280,6 +293,7 @@ def chat(
     type=click.IntRange(1),
     help="KV cache size (default: every slot's full context, at most a third of RAM).",
 )
+@precision_option
 @kv_precision_option
 @device_option
 @cache_dir_option
@@ -356,6 +370,8 @@ def _int_list(ctx, param, value: str) -> list[int]:
 @click.option("--runs", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True, help="Runs made and discarded first.")
 @device_option
+@precision_option
+@kv_precision_option
 @cache_dir_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a PNG chart.")
@@ -402,6 +418,11 @@ def bench(model: str, json_path: str | None, plot_path: str | None, **options) -
 @click.option("--new-tokens", type=click.IntRange(1), default=128, show_default=True, help="Most tokens per answer.")
 @click.option("--worst", type=click.IntRange(0), default=3, show_default=True, help="Least similar answers to show.")
 @device_option
+@click.option(
+    "--precision",
+    type=click.Choice(INFERENCE_PRECISIONS),
+    help="Precision the exported models compute in (default: f32 with an f32 KV cache on every CPU).",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a PNG chart.")
 def eval_command(models: tuple, worst: int, json_path: str | None, plot_path: str | None, **options) -> None:
@@ -445,6 +466,11 @@ def eval_command(models: tuple, worst: int, json_path: str | None, plot_path: st
     default=2,
     show_default=True,
     help="KV cache size (OVMS cache_size).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(INFERENCE_PRECISIONS),
+    help="Inference precision (default: f32, which every CPU runs).",
 )
 @kv_precision_option
 @click.option("--force", is_flag=True, help="Replace this model's folder in the repository.")

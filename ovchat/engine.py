@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 from . import catalog, manifest
 from .errors import OvchatError, describe, print_nothing
+from .precision import Precision
+from .precision import choose as choose_precision
 
 if TYPE_CHECKING:
     from .export import Recipe
@@ -191,8 +193,16 @@ def _streamer_class():
 class Model:
     """A loaded model. Get one with `ovchat.load()`; generate with `generate` or `stream_generate`."""
 
-    def __init__(self, path: Path, device: str, pipeline, info: dict | None, prompt_lookup: bool = False):
-        self.path, self.device, self.pipeline = path, device, pipeline
+    def __init__(
+        self,
+        path: Path,
+        device: str,
+        pipeline,
+        info: dict | None,
+        prompt_lookup: bool = False,
+        precision: Precision | None = None,
+    ):
+        self.path, self.device, self.pipeline, self.precision = path, device, pipeline, precision
         self.prompt_lookup = prompt_lookup
         self.manifest = info
         self.name = model_name(path, info)
@@ -359,12 +369,15 @@ def prepare(model: str, device: str, recipe: Recipe | None = None, log=print_not
     return path, info
 
 
-def runtime_properties(config: dict | None, cache_dir: str | None) -> dict:
-    """The seed's latency config, the caller's additions, and the compiled-model cache ("" turns it off)."""
-    properties = {**LATENCY_CONFIG, **(config or {})}
+def runtime_properties(config: dict | None, cache_dir: str | None, precision: Precision | None = None) -> dict:
+    """The seed's latency config, the caller's additions, the precision (which wins: it was chosen with the
+    caller's additions in view) and the compiled-model cache ("" turns it off)."""
+    properties = {**LATENCY_CONFIG, **(config or {}), **(precision.properties() if precision else {})}
     cache = str(catalog.compile_cache_dir()) if cache_dir is None else cache_dir
     if cache:
-        properties["CACHE_DIR"] = cache
+        # One cache folder per precision: OpenVINO's cache does not key its blobs on the inference
+        # precision, and serves (and runs) a bf16 blob to a later f32 request.
+        properties["CACHE_DIR"] = str(Path(cache) / precision.tag) if precision else cache
     return properties
 
 
@@ -380,6 +393,8 @@ def load(
     config: dict | None = None,
     recipe: Recipe | None = None,
     prompt_lookup: bool = False,
+    precision: str | None = None,
+    kv_cache_precision: str | None = None,
     log: Callable[[str], None] = print_nothing,
 ) -> Model:
     """Load a model by alias, path, .gguf file, hub id or exported folder (exporting it once if needed).
@@ -390,9 +405,12 @@ def load(
     `prompt_lookup` drafts tokens by matching the last words against the prompt (OpenVINO GenAI's
     prompt-lookup decoding): the same answer, about twice as fast when it quotes or edits the prompt,
     about 15% slower when it does not (docs/speed.md).
+    `precision` (f32, bf16, f16) and `kv_cache_precision` (f32, bf16, f16, u8) override the
+    precisions ovchat picks for the device (`ovchat.precision.choose`; `model.precision` says which ran).
     """
+    chosen = choose_precision(device, precision, kv_cache_precision, config=config)
     path, info = prepare(model, device, recipe, log)
-    properties = runtime_properties(config, cache_dir)
+    properties = runtime_properties(config, cache_dir, chosen)
     import openvino_genai as ov_genai
 
     try:
@@ -400,4 +418,4 @@ def load(
         pipeline = ov_genai.LLMPipeline(str(path), device, **extra, **properties)
     except RuntimeError as exc:
         raise OvchatError(f"OpenVINO could not load {path} on {device}: {describe(exc)}") from None
-    return Model(path, device, pipeline, info, prompt_lookup)
+    return Model(path, device, pipeline, info, prompt_lookup, chosen)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import engine
 from .errors import OvchatError
+from .precision import choose as choose_precision
 
 # The fields of mediapipe.LLMCalculatorOptions ovchat sets, as OVMS's own export script writes them.
 GRAPH_TEMPLATE = """input_stream: "HTTP_REQUEST_PAYLOAD:input"
@@ -76,11 +77,18 @@ def write_repository(
     device: str = engine.DEFAULT_DEVICE,
     max_num_seqs: int = 8,
     cache_size_gb: int = 2,
-    kv_cache_precision: str = "f32",
+    precision: str | None = None,
+    kv_cache_precision: str | None = None,
     force: bool = False,
     log=print,
 ) -> Path:
-    """Write (or add to) an OVMS model repository for `model` and return its config.json path."""
+    """Write (or add to) an OVMS model repository for `model` and return its config.json path.
+
+    The plugin config states every precision, as `ovchat serve` runs by default (the same answer at
+    any concurrency), with f32 inference unless `precision` says: OVMS may run on another CPU, and
+    f32 loads on every kind.
+    """
+    chosen = choose_precision(device, precision or "f32", kv_cache_precision, purpose="batch-invariant")
     path, info = engine.prepare(model, device, log=log)
     missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
     if missing:
@@ -101,7 +109,7 @@ def write_repository(
         if item.is_file() and item.name not in SKIPPED_FILES:
             _place(item, staging / item.name)
     plugin_config = json.dumps(
-        {"KV_CACHE_PRECISION": kv_cache_precision, **engine.LATENCY_CONFIG}, separators=(", ", ": ")
+        {**chosen.properties(), **engine.LATENCY_CONFIG}, separators=(", ", ": ")
     )
     (staging / "graph.pbtxt").write_text(
         GRAPH_TEMPLATE.format(

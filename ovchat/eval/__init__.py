@@ -36,6 +36,7 @@ import numpy as np
 from .. import catalog, engine
 from ..calibrate import CALIBRATION_TEXT  # for data-aware recipes; never scored
 from ..errors import OvchatError, print_nothing
+from ..precision import choose as choose_precision
 from .answers import Embedder, embedding_model_dir, load_prompts, openvino_answers, similarities, torch_answers
 from .logits import OpenVINOLogits, TorchLogits, open_reference, reference_source, sliding_logits, windows
 from .metrics import Tally, log_softmax, mean_se
@@ -119,17 +120,29 @@ def score_text(scorers: Sequence, ids: Sequence[int], window: int, stride: int, 
 
 
 def answer_prompts(
-    ref, folders: Sequence[Path], items: Sequence[dict], new_tokens: int, device: str, step=lambda: None
+    ref,
+    folders: Sequence[Path],
+    items: Sequence[dict],
+    new_tokens: int,
+    device: str,
+    step=lambda: None,
+    precision: str | None = None,
 ) -> tuple[list[str], list[list[str]]]:
     """Greedy answers of the reference (a scorer) and of each exported folder, on the same prompt tokens."""
-    first = engine.load(str(folders[0]), device=device)
+    # Answered in the reference precision too: the answers measure the weights, not the runtime's rounding.
+    config = choose_precision(device, precision, purpose="reference").properties()
+
+    def load(folder: Path):
+        return engine.load(str(folder), device=device, config=config)
+
+    first = load(folders[0])
     if isinstance(ref, TorchLogits):  # on exactly the token ids the first model reads
         ref_answers = torch_answers(ref, first, items, new_tokens, step)
     else:
-        ref_answers = openvino_answers(engine.load(str(ref.folder), device=device), items, new_tokens, step)
+        ref_answers = openvino_answers(load(ref.folder), items, new_tokens, step)
     answers = []
     for folder in folders:
-        handle = first if folder == folders[0] else engine.load(str(folder), device=device)
+        handle = first if folder == folders[0] else load(folder)
         answers.append(openvino_answers(handle, items, new_tokens, step))
     return ref_answers, answers
 
@@ -146,6 +159,7 @@ def evaluate(
     prompt_limit: int | None = DEFAULT_PROMPT_LIMIT,
     new_tokens: int = DEFAULT_NEW_TOKENS,
     device: str = engine.DEFAULT_DEVICE,
+    precision: str | None = None,
     progress: Callable[[int, int], None] = lambda done, total: None,
     log: Callable[[str], None] = print_nothing,
 ) -> dict:
@@ -154,7 +168,8 @@ def evaluate(
     `text` (default: the shipped Alice chapters) is cut to its first `max_tokens` tokens and scored
     in windows of `window` tokens (default: min(context, 512)) moved by `stride` (default: half a
     window). `prompts` is a JSON-lines file (default: the shipped 58 prompts), of which the first
-    `prompt_limit` are answered (None: all; 0: no answers).
+    `prompt_limit` are answered (None: all; 0: no answers). Exported models compute in f32 with an f32
+    KV cache on every CPU, so scores mean the same everywhere, unless `precision` (f32, bf16, f16) says.
     """
     started = time.perf_counter()
     specs = [models] if isinstance(models, str) else list(models)
@@ -184,7 +199,8 @@ def evaluate(
     for (path, _), spec in zip(exported[1:], specs[1:], strict=True):
         _check_same_tokens(expected, engine.encode(ov_genai.Tokenizer(str(path)), sample, False), spec, specs[0])
 
-    ref = open_reference(ref_source, device, log)
+    choose_precision(device, precision, purpose="reference")  # a bad precision: say so before the long work
+    ref = open_reference(ref_source, device, log, precision)
     if isinstance(ref, TorchLogits):
         from transformers import AutoTokenizer
 
@@ -192,7 +208,7 @@ def evaluate(
     else:
         ref_ids = engine.encode(ov_genai.Tokenizer(str(ref.folder)), sample, add_special_tokens=False)
     _check_same_tokens(expected, ref_ids, f"the reference {ref_source.location}", specs[0])
-    scorers = [OpenVINOLogits(path, device) for path, _ in exported]
+    scorers = [OpenVINOLogits(path, device, precision=precision) for path, _ in exported]
     for scorer, spec in zip(scorers, specs, strict=True):
         if scorer.vocab_size != ref.vocab_size:
             raise OvchatError(
@@ -236,7 +252,9 @@ def evaluate(
     prompt_report = None
     if items:
         log(f"answering {len(items)} prompts with the reference and {len(specs)} model(s), greedy")
-        ref_answers, model_answers = answer_prompts(ref, [p for p, _ in exported], items, new_tokens, device, step)
+        ref_answers, model_answers = answer_prompts(
+            ref, [p for p, _ in exported], items, new_tokens, device, step, precision
+        )
         embed = Embedder()
         for row, answers in zip(rows, model_answers, strict=True):
             sims = similarities(embed, answers, ref_answers)

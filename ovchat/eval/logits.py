@@ -19,6 +19,8 @@ import numpy as np
 
 from .. import catalog, engine, manifest
 from ..errors import OvchatError, describe, print_nothing
+from ..precision import choose as choose_precision
+from ..precision import reported as reported_precision
 
 
 def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -62,19 +64,30 @@ class OpenVINOLogits:
 
     The export keeps the logits of every position (optimum-intel does not cut them; OpenVINO GenAI
     slices to the last one at run time), so one inference gives a whole window; a window is one
-    prefill, so the KV-cache precision (u8 by default on CPU) does not enter the scores. `stepwise=True`
-    feeds one token at a time through the KV cache instead: slower, for checking that the two agree.
+    prefill, so the KV-cache precision does not enter the scores. `stepwise=True` feeds one token at a
+    time through the KV cache instead: slower, for checking that the two agree.
+
+    It is a measuring instrument: it computes in f32 with an f32 KV cache and no int8 activations on
+    every CPU (the "reference" precision) unless `precision` (f32, bf16, f16) says otherwise.
     """
 
     kind = "openvino"
 
-    def __init__(self, folder: Path, device: str = engine.DEFAULT_DEVICE, config: dict | None = None, stepwise=False):
+    def __init__(
+        self,
+        folder: Path,
+        device: str = engine.DEFAULT_DEVICE,
+        config: dict | None = None,
+        stepwise=False,
+        precision: str | None = None,
+    ):
         import openvino as ov
 
         self.folder, self.stepwise = Path(folder), stepwise
+        chosen = choose_precision(device, precision, purpose="reference", config=config)
         try:
             compiled = ov.Core().compile_model(
-                self.folder / "openvino_model.xml", device, engine.runtime_properties(config, None)
+                self.folder / "openvino_model.xml", device, engine.runtime_properties(config, None, chosen)
             )
         except RuntimeError as exc:
             raise OvchatError(f"OpenVINO could not compile {self.folder} on {device}: {describe(exc)}") from None
@@ -82,10 +95,7 @@ class OpenVINOLogits:
         self._request = compiled.create_infer_request()
         self.vocab_size = compiled.output("logits").get_partial_shape()[-1].get_length()
         self.context_length = engine.context_length(self.folder)
-        self.precision = {
-            name: compiled.get_property(key).get_type_name()
-            for name, key in (("inference", "INFERENCE_PRECISION_HINT"), ("kv_cache", "KV_CACHE_PRECISION"))
-        }
+        self.precision = {**reported_precision(compiled), "dynamic_quantization": chosen.dynamic_quantization}
 
     def _infer(self, ids: Sequence[int], offset: int) -> np.ndarray:
         out = self._request.infer(step_inputs(ids, offset, self._inputs))
@@ -147,7 +157,7 @@ class TorchLogits:
             raise OvchatError(f"transformers could not load the reference {self.folder}: {describe(exc)}") from None
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.context_length = getattr(self.model.config, "max_position_embeddings", engine.DEFAULT_CONTEXT_LENGTH)
-        self.precision = {"inference": "f32", "kv_cache": "f32"}
+        self.precision = {"inference": "f32", "kv_cache": "f32", "dynamic_quantization": 0}
 
     def __call__(self, ids: Sequence[int]) -> np.ndarray:
         import torch
@@ -213,10 +223,12 @@ def reference_source(model_folder: Path, reference: str | None) -> catalog.Sourc
     return source
 
 
-def open_reference(source: catalog.Source, device: str = engine.DEFAULT_DEVICE, log=print_nothing):
+def open_reference(
+    source: catalog.Source, device: str = engine.DEFAULT_DEVICE, log=print_nothing, precision: str | None = None
+):
     """A scorer for a reference source: an exported folder runs in OpenVINO, anything else in transformers fp32."""
     if source.kind == "exported":
-        return OpenVINOLogits(Path(source.location), device)
+        return OpenVINOLogits(Path(source.location), device, precision=precision)
     _need_torch("the reference model")
     local = catalog.materialize(source)
     folder = _gguf_reference(local, source, log) if local.is_file() else local

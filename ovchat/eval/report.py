@@ -16,6 +16,11 @@ def _pm(entry: dict, digits: int = 3) -> str:
     return f"{value:.{digits}f} ± {se:.{digits}f}"
 
 
+def _precision(p: dict) -> str:
+    activations = f", int8 activations (group {p['dynamic_quantization']})" if p.get("dynamic_quantization") else ""
+    return f"{p['inference']} inference, {p['kv_cache']} KV cache{activations}"
+
+
 def format_table(report: dict) -> str:
     """The comparison table: the reference's perplexity, then each model against the reference."""
     ref, text, prompts = report["reference"], report["text"], report["prompts"]
@@ -24,6 +29,8 @@ def format_table(report: dict) -> str:
         f"text: {Path(text['path']).name}, {text['tokens']} tokens scored "
         f"(window {text['window']}, stride {text['stride']})",
     ]
+    models = {_precision(m["precision"]) for m in report["models"]}
+    lines.append(f"precision: {', '.join(sorted(models))} (models), {_precision(ref['precision'])} (reference)")
     if prompts:
         lines.append(
             f"prompts: {Path(prompts['path']).name}, {prompts['count']} greedy answers of at most "

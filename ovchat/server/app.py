@@ -48,7 +48,8 @@ class Settings:
     max_tokens_limit: int = engine.DEFAULT_MAX_NEW_TOKENS
     context_length: int | None = None  # cap below the model's own (saves KV cache memory)
     kv_cache_gb: int | None = None
-    kv_cache_precision: str = "f32"
+    precision: str | None = None  # inference precision (default: ovchat.precision's batch-invariant choice)
+    kv_cache_precision: str | None = None  # default: the inference precision (the same answer at any concurrency)
     allowed_hosts: list[str] = field(default_factory=list)
     cors_origins: list[str] = field(default_factory=list)
     max_body_bytes: int = 4 * 1024 * 1024

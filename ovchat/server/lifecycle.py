@@ -13,6 +13,8 @@ import uvicorn
 
 from .. import engine
 from ..errors import OvchatError, describe
+from ..precision import Precision
+from ..precision import choose as choose_precision
 from .app import Served, Settings, create_app, is_loopback
 from .batching import BatchEngine
 
@@ -31,8 +33,8 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _scheduler(served: Served, settings: Settings) -> dict:
-    per_token = served.kv_bytes_per_token(settings.kv_cache_precision)
+def _scheduler(served: Served, settings: Settings, kv_cache_precision: str) -> dict:
+    per_token = served.kv_bytes_per_token(kv_cache_precision)
     if settings.kv_cache_gb:
         gigabytes = settings.kv_cache_gb
     else:
@@ -50,24 +52,27 @@ def serve(model: str, device: str, settings: Settings, *, cache_dir: str | None 
             f"listening on {settings.host} without an API key would let anyone on the network use this machine; "
             "set --api-key (or OVCHAT_API_KEY), or pass --insecure to accept that"
         )
-    path, info = engine.prepare(model, device, log=say)  # a broken model folder fails here, before any port
+    # A bad precision, then a broken model folder, fail here, before any port opens.
+    chosen = choose_precision(device, settings.precision, settings.kv_cache_precision, purpose="batch-invariant")
+    path, info = engine.prepare(model, device, log=say)
     served = Served.load(path, info, settings.context_length)
     sock = _bind(settings.host, settings.port)
     try:
-        return _serve_on(sock, path, device, served, settings, cache_dir, say)
+        return _serve_on(sock, path, device, served, settings, chosen, cache_dir, say)
     finally:
         sock.close()
 
 
-def _serve_on(sock, path, device: str, served: Served, settings: Settings, cache_dir: str | None, say) -> int:
-    properties = engine.runtime_properties({"KV_CACHE_PRECISION": settings.kv_cache_precision}, cache_dir)
-    batch = BatchEngine(
-        path, device, properties, _scheduler(served, settings), settings.max_concurrency, settings.max_queue
-    )
+def _serve_on(
+    sock, path, device: str, served: Served, settings: Settings, chosen: Precision, cache_dir: str | None, say
+) -> int:
+    properties = engine.runtime_properties(None, cache_dir, chosen)
+    scheduler = _scheduler(served, settings, chosen.kv_cache)
+    batch = BatchEngine(path, device, properties, scheduler, settings.max_concurrency, settings.max_queue)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     say(
-        f"ovchat serve: {served.name} on {device}, context {served.context_length}, "
+        f"ovchat serve: {served.name} on {device} ({chosen}), context {served.context_length}, "
         f"{settings.max_concurrency} at once + {settings.max_queue} queued; http://{shown}:{port}/v1 "
         f"({'API key required' if settings.api_key else 'no API key'})"
         + (f"; chat page http://{shown}:{port}/" if settings.web_ui else "")

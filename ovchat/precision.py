@@ -1,0 +1,194 @@
+"""Which precisions a device computes and caches in: the one place that decides, for every path.
+
+OpenVINO's CPU plugin picks by itself: bf16 inference where the CPU has AVX-512 BF16 (Intel Xeon
+since Cooper Lake), f32 elsewhere (AMD EPYC with AVX2); a u8 KV cache; int8 activations for int4 and
+int8 weights ("dynamic quantization", group 32) where the CPU has VNNI. Those choices change answers
+and speed, and some combinations do not load at all (the continuous-batching pipeline needs the KV
+cache in the inference precision, f16 or u8). So ovchat states them instead: `choose()` returns the
+`Precision` a path runs with, from what the device reports, the path's purpose and the user's
+overrides, and refuses a combination that cannot work with a message that says what to use.
+
+Purposes (docs/speed.md has the measurements behind each default):
+- "speed": generate, chat and bench. The fastest measured on the CPU kind.
+- "batch-invariant": the server. The same greedy answer whatever else is in the batch: the KV cache
+  in the inference precision and no int8 activations (both make a token depend on its neighbours).
+- "reference": eval and the export check, which are measuring instruments: f32 everywhere, so a
+  score means the same on every CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import OvchatError
+
+INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
+KV_CACHE_PRECISIONS = ("f32", "bf16", "f16", "u8")
+PURPOSES = ("speed", "batch-invariant", "reference")
+PRECISION_ENV = "OVCHAT_PRECISION"  # the inference precision when no flag or property says
+# What OpenVINO calls each precision when it reports one back.
+_OV_NAMES = {"f32": "f32", "float32": "f32", "bf16": "bf16", "bfloat16": "bf16", "f16": "f16", "float16": "f16",
+             "u8": "u8", "uint8_t": "u8", "uint8": "u8"}
+# The capability a device reports for each inference precision.
+_CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
+# CPU flags behind OpenVINO's kernel choices, as /proc/cpuinfo spells them.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+DYNAMIC_QUANTIZATION_GROUP = 32  # OpenVINO's CPU default, where VNNI makes it available
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model runs: inference precision, KV-cache precision, int8 activations (group size, 0 = off)."""
+
+    inference: str
+    kv_cache: str
+    dynamic_quantization: int = 0
+
+    def properties(self) -> dict[str, str]:
+        """The OpenVINO properties that make a compiled model run with this precision."""
+        return {
+            "INFERENCE_PRECISION_HINT": self.inference,
+            "KV_CACHE_PRECISION": self.kv_cache,
+            "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(self.dynamic_quantization),
+        }
+
+    @property
+    def tag(self) -> str:
+        """A short name, e.g. for the compiled-model cache folder: f32-kvu8-dq32."""
+        return f"{self.inference}-kv{self.kv_cache}-dq{self.dynamic_quantization}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        activations = f"int8 activations (group {self.dynamic_quantization})" if self.dynamic_quantization else ""
+        return ", ".join(p for p in (f"{self.inference} inference", f"{self.kv_cache} KV cache", activations) if p)
+
+
+@functools.cache
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """This machine's CPU model name and flags (empty where /proc/cpuinfo is not there)."""
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), frozenset()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = frozenset(value.split())
+                break  # every core says the same
+    except OSError:
+        pass
+    return name, flags
+
+
+def isa() -> list[str]:
+    """The vector-ISA features that OpenVINO's kernels depend on, of those this CPU has."""
+    flags = cpu_info()[1]
+    return [f for f in ISA_FLAGS if f in flags]
+
+
+@functools.cache
+def capabilities(device: str) -> frozenset[str]:
+    """What the device says it can compute in (OPTIMIZATION_CAPABILITIES: FP32, BF16, FP16, INT8, ...)."""
+    import openvino as ov
+
+    try:
+        return frozenset(ov.Core().get_property(_base(device), "OPTIMIZATION_CAPABILITIES"))
+    except RuntimeError:  # AUTO and friends report none: no precision is refused up front
+        return frozenset()
+
+
+def _base(device: str) -> str:
+    return device.split(".")[0].split(":")[0].upper()
+
+
+def _name(value, what: str, allowed: tuple[str, ...]) -> str:
+    name = _OV_NAMES.get(str(value).strip().lower())
+    if name not in allowed:
+        raise OvchatError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
+    return name
+
+
+def _default_inference(device: str, purpose: str) -> str:
+    if purpose == "reference" or _base(device) == "CPU":
+        # On the CPU, f32 measured faster than bf16 for int4 models on both kinds (docs/speed.md).
+        return "f32"
+    caps = capabilities(device)
+    return "f16" if "FP16" in caps else "f32"  # GPUs and NPUs compute in f16 by default
+
+
+def choose(
+    device: str = "CPU",
+    inference: str | None = None,
+    kv_cache: str | None = None,
+    *,
+    purpose: str = "speed",
+    config: dict | None = None,
+) -> Precision:
+    """The precision to run with on `device` for `purpose`; `inference`/`kv_cache` override the defaults.
+
+    `config` (OpenVINO properties a caller passes through) may set INFERENCE_PRECISION_HINT,
+    KV_CACHE_PRECISION or DYNAMIC_QUANTIZATION_GROUP_SIZE too; an explicit argument wins over it.
+    Without either, the inference precision comes from OVCHAT_PRECISION, then the purpose's default.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, not {purpose!r}")
+    config = config or {}
+    asked = inference or config.get("INFERENCE_PRECISION_HINT") or os.environ.get(PRECISION_ENV) or None
+    inference = _name(asked, "the precision", INFERENCE_PRECISIONS) if asked else _default_inference(device, purpose)
+    caps, cpu = capabilities(device), _base(device) == "CPU"
+    if caps and _CAPABILITY[inference] not in caps:
+        raise OvchatError(
+            f"{device} cannot infer in {inference} (OpenVINO reports {', '.join(sorted(caps))}); use f32"
+            + (" (bf16 needs a CPU with AVX-512 BF16 or AMX)" if inference == "bf16" else "")
+        )
+    if cpu and inference == "f16":
+        # OpenVINO's CPU f16 kernels overflow on these models' activations: empty answers (measured).
+        raise OvchatError("f16 inference on the CPU gives empty answers; use bf16 (if the CPU has it) or f32")
+
+    kv_asked = kv_cache or config.get("KV_CACHE_PRECISION")
+    if kv_asked:
+        kv_cache = _name(kv_asked, "the KV-cache precision", KV_CACHE_PRECISIONS)
+    elif purpose == "speed":
+        kv_cache = "u8"  # a quarter of f32's memory and reads, no measurable loss (docs/speed.md)
+    else:
+        kv_cache = inference  # the batch-invariant and the reference cache: no rounding beyond the inference's
+    if kv_cache not in (inference, "f16", "u8"):
+        # The continuous-batching pipeline refuses other pairs ("expect kvcache type ...") at load.
+        raise OvchatError(
+            f"a {kv_cache} KV cache does not go with {inference} inference; use {inference}, f16 or u8"
+        )
+
+    group = config.get("DYNAMIC_QUANTIZATION_GROUP_SIZE")
+    if group is not None:
+        try:
+            dynamic = int(group)
+        except (TypeError, ValueError):
+            raise OvchatError(f"DYNAMIC_QUANTIZATION_GROUP_SIZE must be a whole number, not {group!r}") from None
+    elif purpose == "speed" and cpu and has_vnni():
+        dynamic = DYNAMIC_QUANTIZATION_GROUP
+    else:
+        dynamic = 0
+    return Precision(inference, kv_cache, dynamic)
+
+
+def has_vnni() -> bool:
+    """Whether this CPU has the int8 dot products OpenVINO's int8-activation kernels need."""
+    return any(f in cpu_info()[1] for f in VNNI_FLAGS)
+
+
+def reported(compiled) -> dict[str, str]:
+    """The precisions a compiled model actually runs with, as OpenVINO reports them."""
+    out = {}
+    for name, key in (("inference", "INFERENCE_PRECISION_HINT"), ("kv_cache", "KV_CACHE_PRECISION")):
+        value = compiled.get_property(key)
+        text = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+        out[name] = _OV_NAMES.get(text, text)
+    return out
