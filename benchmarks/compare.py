@@ -1,6 +1,8 @@
 """The comparison we publish: ovchat against the seed's path, PyTorch and llama.cpp, on one machine.
 
-    .venv/bin/python benchmarks/compare.py --llama-python /tmp/llamavenv/bin/python [--rounds 3]
+    .venv/bin/python benchmarks/compare.py --llama-python PY [--rounds 3]
+
+(PY: a Python that has llama-cpp-python, e.g. /path/to/venv/bin/python.)
 
 Engines, each in its own fresh process per round (rounds interleave the engines, so drift in the
 machine's speed spreads over all of them; medians are reported):

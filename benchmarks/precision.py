@@ -6,7 +6,8 @@
 Each variant is a set of OpenVINO properties (inference precision, KV-cache precision, int8
 activations' group size) for the same exported folder, run by compare_worker in a fresh process per
 round, rounds interleaving the variants; medians are reported. Variants a CPU cannot run (bf16
-without AVX-512 BF16) are left out and said so. Writes benchmarks/results/precision_<model>.{md,json}.
+without AVX-512 BF16) are left out and said so. Writes benchmarks/results/precision_<model>_<recipe>.{md,json}
+(or the name --out gives).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ VARIANTS = {
     "f32 / u8 / off": ("f32", "u8", 0),
     "f32 / f32 / off": ("f32", "f32", 0),
     "bf16 / u8 / dq32": ("bf16", "u8", 32),
+    "bf16 / u8 / off": ("bf16", "u8", 0),
     "bf16 / bf16 / off": ("bf16", "bf16", 0),
 }
 
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", help="results name under benchmarks/results (default: precision_<model>_<recipe>)")
     args = parser.parse_args()
 
     import ovchat
@@ -106,7 +109,7 @@ def main() -> None:
         lines.append(f"| {r['variant']} | {r['decode_tok_s']} ({spread}) | "
                      f"{100 * r['decode_tok_s'] / ceiling:.0f}% | "
                      + " | ".join(f"{r['ttft_ms'][n]:.0f}" for n in lengths) + " |")
-    out = RESULTS / f"precision_{args.model.replace('-', '_')}"
+    out = RESULTS / (args.out or f"precision_{args.model.replace('-', '_')}_{recipe.tag}")
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

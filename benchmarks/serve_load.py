@@ -173,11 +173,15 @@ def ms(value: float | None, digits: int = 0) -> str:
 
 
 def report(rows: list[dict], args, out: Path) -> None:
+    from ovchat.bench import machine as describe_machine
+
+    machine = describe_machine()
     lines = [
         "# Server load: ovchat serve vs llama.cpp's server",
         "",
         f"Command: `.venv/bin/python benchmarks/serve_load.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"Machine: {machine['cpu']} ({' '.join(machine['isa'])}), {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; "
         f"model {args.model}, greedy, up to {args.max_tokens} new tokens per request, streamed; "
         f"{args.rounds} rounds over the levels, interleaved: latencies pooled, throughput the median round.",
         "",
@@ -199,6 +203,9 @@ def report(rows: list[dict], args, out: Path) -> None:
                  "llama-cpp-python's server runs one request at a time (no continuous batching; queued, "
                  "not interrupted); "
                  "ovchat serve batches up to 16 here.")
+    for variant in args.ovchat or []:
+        name, _, extra = variant.partition("=")
+        lines.append(f"{name}: `ovchat serve {extra}`.")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
@@ -213,6 +220,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Rounds over all levels; throughput is their median.")
     parser.add_argument("--url", help="Measure an already running server instead of starting ovchat serve.")
     parser.add_argument("--llama-python", help="A Python with llama-cpp-python[server]: measure it on the same GGUF.")
+    parser.add_argument("--ovchat", action="append", metavar="NAME=ARGS",
+                        help="An ovchat serve variant to measure, by name and extra serve arguments "
+                        "(repeatable; e.g. 'fast=--no-batch-invariant'); default: 'ovchat=' (its defaults).")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_load"))
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -221,11 +231,12 @@ def main() -> None:
         if args.url:
             url = args.url.rstrip("/")
             rows += run_all("server", url, args.model, levels, args.max_tokens, args.per_level, args.rounds)
-        else:
-            proc, url = start_ovchat(args.model, [], log)
+        for variant in [] if args.url else args.ovchat or ["ovchat="]:
+            name, _, extra = variant.partition("=")
+            proc, url = start_ovchat(args.model, extra.split(), log)
             try:
                 served = httpx.get(url + "/v1/models").json()["data"][0]["id"]
-                rows += run_all("ovchat", url, served, levels, args.max_tokens, args.per_level, args.rounds)
+                rows += run_all(name, url, served, levels, args.max_tokens, args.per_level, args.rounds)
             finally:
                 proc.terminate()
                 proc.wait()

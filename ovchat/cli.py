@@ -158,8 +158,8 @@ precision_option = click.option(
 kv_precision_option = click.option(
     "--kv-cache-precision",
     type=click.Choice(KV_CACHE_PRECISIONS),
-    help="KV cache precision (default: the inference precision's, the same answer at any concurrency; "
-    "u8 takes a quarter of f32's memory but lets answers drift with the batch).",
+    help="KV cache precision (default: u8 for generate, chat and bench; the inference precision for serve, "
+    "the same answer at any concurrency).",
 )
 
 run_options = _options(
@@ -295,6 +295,14 @@ def chat(
 )
 @precision_option
 @kv_precision_option
+@click.option(
+    "--batch-invariant/--no-batch-invariant",
+    default=True,
+    show_default=True,
+    help="The same greedy answer at any concurrency (KV cache in the inference precision, no int8 activations); "
+    "--no-batch-invariant runs the fastest single-stream precision instead (u8 KV cache, int8 activations "
+    "where the CPU has VNNI), and an answer may change with what else is in the batch.",
+)
 @device_option
 @cache_dir_option
 @click.option("--allowed-host", multiple=True, help="Extra Host header names to accept (e.g. a LAN name).")

@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
-    """Run the real `ovchat` command in a child process."""
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, input: str | None = None):
+    """Run the real `ovchat` command in a child process (stdin: `input`, else nothing)."""
     return subprocess.run(
         [sys.executable, "-m", "ovchat.cli", *args],
+        input=input,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -86,3 +87,45 @@ class Server:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+EIGHT_PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Count from 1 to 10.",
+                 "Tell me a joke about cats.", "Explain gravity in one sentence.", "List three colors.",
+                 "What is 2+2?", "Name a famous painter."]
+
+
+def answers_alone_and_together(server: Server, prompts: list[str], max_tokens: int = 32) -> tuple[dict, dict]:
+    """Each prompt's greedy (text, completion tokens) asked alone, then all streamed at once."""
+    import threading
+
+    client = server.client()
+    model = client.models.list().data[0].id
+    solo = {}
+    for p in prompts:
+        answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": p}],
+                                                max_tokens=max_tokens)
+        solo[p] = (answer.choices[0].message.content, answer.usage.completion_tokens)
+    together: dict[str, tuple[str, int]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(prompts))
+
+    def ask(p: str) -> None:
+        try:
+            start.wait()
+            stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": p}],
+                                                    max_tokens=max_tokens, stream=True,
+                                                    stream_options={"include_usage": True})
+            chunks = list(stream)
+            together[p] = ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+                           chunks[-1].usage.completion_tokens)
+        except BaseException as exc:  # noqa: BLE001 (raised below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    if errors:
+        raise errors[0]
+    return solo, together

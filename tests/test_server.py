@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from helpers import EIGHT_PROMPTS, answers_alone_and_together
 
 pytestmark = pytest.mark.slow
 
@@ -256,37 +257,8 @@ def test_context_window(server):
 
 
 def test_eight_concurrent_streams_each_get_their_own_answer(server):
-    client = server.client()
-    prompts = ["What is the capital of France?", "Write a haiku about the sea.", "Count from 1 to 10.",
-               "Tell me a joke about cats.", "Explain gravity in one sentence.", "List three colors.",
-               "What is 2+2?", "Name a famous painter."]
-    solo = {}
-    for p in prompts:
-        answer = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": p}],
-                                                max_tokens=32)
-        solo[p] = (answer.choices[0].message.content, answer.usage.completion_tokens)
-    got: dict[str, tuple[str, int]] = {}
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(prompts))
-
-    def ask(p: str) -> None:
-        try:
-            start.wait()
-            stream = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": p}],
-                                                    max_tokens=32, stream=True, stream_options={"include_usage": True})
-            chunks = list(stream)
-            got[p] = ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
-                      chunks[-1].usage.completion_tokens)
-        except BaseException as exc:  # noqa: BLE001 (reported below)
-            errors.append(exc)
-
-    threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors
-    assert got == solo  # no token bleed, usage per request, and the same text as alone (greedy)
+    solo, together = answers_alone_and_together(server, EIGHT_PROMPTS)
+    assert together == solo  # no token bleed, usage per request, and the same text as alone (greedy)
 
 
 def test_a_schema_the_compiler_rejects_fails_alone(server):

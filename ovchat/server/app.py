@@ -50,6 +50,7 @@ class Settings:
     kv_cache_gb: int | None = None
     precision: str | None = None  # inference precision (default: ovchat.precision's batch-invariant choice)
     kv_cache_precision: str | None = None  # default: the inference precision (the same answer at any concurrency)
+    batch_invariant: bool = True  # False: the fastest single-stream precision (answers may change with the batch)
     allowed_hosts: list[str] = field(default_factory=list)
     cors_origins: list[str] = field(default_factory=list)
     max_body_bytes: int = 4 * 1024 * 1024

@@ -13,7 +13,7 @@ import uvicorn
 
 from .. import engine
 from ..errors import OvchatError, describe
-from ..precision import Precision
+from ..precision import Precision, not_batch_invariant
 from ..precision import choose as choose_precision
 from .app import Served, Settings, create_app, is_loopback
 from .batching import BatchEngine
@@ -53,7 +53,8 @@ def serve(model: str, device: str, settings: Settings, *, cache_dir: str | None 
             "set --api-key (or OVCHAT_API_KEY), or pass --insecure to accept that"
         )
     # A bad precision, then a broken model folder, fail here, before any port opens.
-    chosen = choose_precision(device, settings.precision, settings.kv_cache_precision, purpose="batch-invariant")
+    purpose = "batch-invariant" if settings.batch_invariant else "speed"
+    chosen = choose_precision(device, settings.precision, settings.kv_cache_precision, purpose=purpose)
     path, info = engine.prepare(model, device, log=say)
     served = Served.load(path, info, settings.context_length)
     sock = _bind(settings.host, settings.port)
@@ -77,6 +78,8 @@ def _serve_on(
         f"({'API key required' if settings.api_key else 'no API key'})"
         + (f"; chat page http://{shown}:{port}/" if settings.web_ui else "")
     )
+    if settings.batch_invariant and (why := not_batch_invariant(chosen)):
+        say(f"ovchat serve: an answer may change with what else is in the batch ({why})")
     config = uvicorn.Config(
         create_app(served, batch, settings),
         log_level="info",
