@@ -212,6 +212,7 @@ def main() -> None:
                 samples[name]["decode"] += row["decode_tok_s"]
             samples[name]["rss"].append(result["peak_rss_mb"])
             samples[name]["load"].append(result["load_s"])
+            samples[name]["precision"] = result.get("precision", "")
             decode = statistics.median(result["rows"][0]["decode_tok_s"])
             ttft = " / ".join(f"{statistics.median(r['ttft_ms']):.0f}" for r in result["rows"])
             print(
@@ -226,6 +227,7 @@ def main() -> None:
         row = {
             "engine": name,
             "weights": spec["weights"],
+            "precision": s["precision"],
             "size_mb": round(folder_mb(model_path), 1),
             "load_s": round(statistics.median(s["load"]), 2),
             "ttft_ms": {n: round(statistics.median(v), 1) for n, v in s["ttft"].items()},
@@ -266,11 +268,11 @@ def markdown(report: dict, lengths: list[int]) -> str:
         f"{report['rounds']} rounds × {report['runs']} runs, each engine in a fresh process per round. "
         f"{report['date']}, `{report['command']}`.\n\n"
     )
-    cols = ["engine", "weights", "size MB", "load s"] + [f"TTFT {n} ms" for n in lengths]
+    cols = ["engine", "weights", "precision", "size MB", "load s"] + [f"TTFT {n} ms" for n in lengths]
     cols += ["decode tok/s (min–max)", "peak RSS MB", "ceiling tok/s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in report["rows"]:
-        cells = [r["engine"], r["weights"], f"{r['size_mb']:.0f}", f"{r['load_s']:.2f}"]
+        cells = [r["engine"], r["weights"], r.get("precision", ""), f"{r['size_mb']:.0f}", f"{r['load_s']:.2f}"]
         cells += [f"{r['ttft_ms'][n]:.0f}" for n in lengths]
         cells += [f"{r['decode_tok_s']:.1f} ({r['decode_range'][0]:.0f}–{r['decode_range'][1]:.0f})"]
         cells += [f"{r['peak_rss_mb']:.0f}", f"{r['ceiling_tok_s']:.0f}" if "ceiling_tok_s" in r else ""]

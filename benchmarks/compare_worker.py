@@ -44,6 +44,7 @@ def ovchat_engine(spec: dict):
     import ovchat
 
     model = ovchat.load(spec["model"], config=spec.get("config") or None)
+    RAN_WITH["precision"] = str(model.precision)
     config = genai.GenerationConfig(max_new_tokens=spec["new_tokens"])
     config.ignore_eos = True
     config.stop_token_ids = set()
@@ -109,6 +110,11 @@ def optimum_engine(spec: dict):
 
     config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "CACHE_DIR": spec["cache_dir"]}
     model = OVModelForCausalLM.from_pretrained(spec["model"], ov_config=config, device="CPU")
+    compiled = model.request.get_compiled_model()  # OpenVINO's own choice: the seed sets none
+    RAN_WITH["precision"] = ", ".join(
+        f"{compiled.get_property(key)} {what}".replace("<Type: '", "").replace("'>", "")
+        for key, what in (("INFERENCE_PRECISION_HINT", "inference"), ("KV_CACHE_PRECISION", "KV cache"))
+    )
     return _transformers_generate(model, spec["new_tokens"])
 
 
@@ -118,6 +124,7 @@ def torch_engine(spec: dict):
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(spec["threads"])
+    RAN_WITH["precision"] = "f32"
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32).eval()
     return _transformers_generate(model, spec["new_tokens"])
 
@@ -156,6 +163,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+RAN_WITH: dict[str, str] = {}  # what an engine reports of itself: the precision it runs with
 ENGINES = {"ovchat": ovchat_engine, "optimum": optimum_engine, "torch": torch_engine, "llama.cpp": llama_engine}
 
 
@@ -175,7 +183,7 @@ def main() -> None:
                 decode.append(d)
         rows.append({"prompt_tokens": int(length), "ttft_ms": ttft, "decode_tok_s": decode})
     peak = peak_rss_mb()
-    print(json.dumps({"load_s": load_s, "rows": rows, "peak_rss_mb": peak}))
+    print(json.dumps({"load_s": load_s, "rows": rows, "peak_rss_mb": peak, **RAN_WITH}))
 
 
 if __name__ == "__main__":

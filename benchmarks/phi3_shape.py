@@ -3,14 +3,15 @@
 Speed depends on shapes, not weight values. This builds `Phi3ForCausalLM` with Phi-3-mini-4k's
 widths (hidden 3072, intermediate 8192, 32 heads, vocab 32064, untied head) and --layers of its 32
 decoder layers (the full model's fp32 export needs more than this machine's 24 GB), then:
-- exports it with the Phi-3 sample's recipe (and, with --recipe, another one: spell out its fields);
+- exports it with the Phi-3 sample's recipe and ovchat's default one (and, with --recipe, another one:
+  spell out its fields);
 - converts it with the `convert_hf_to_gguf.py` that ships in llama-cpp-python's source distribution
   and quantizes it to Q4_0 with llama-cpp-python's own quantizer.
-The tokenizer is a SentencePiece model trained on ../shared/data's novels (vocabulary padded to
-32064 as Phi-3's is), with Phi-3's chat tokens and template; it needs `pip install sentencepiece
-protobuf` beside ovchat[export]. The answers are noise: never use it for quality.
+The tokenizer is a SentencePiece model trained on the novels ovchat ships for `ovchat eval`
+(vocabulary padded to 32064 as Phi-3's is), with Phi-3's chat tokens and template; it needs
+`pip install sentencepiece protobuf` beside ovchat[export]. The answers are noise: never use it for quality.
 
-    .venv/bin/python benchmarks/phi3_shape.py --llama-python /tmp/llamavenv/bin/python \\
+    .venv/bin/python benchmarks/phi3_shape.py --llama-python PY \\
         --llama-src llama_cpp_python-0.3.36/   # the unpacked sdist (pip download --no-binary :all:)
 Prints a JSON object with the folders and files made.
 """
@@ -25,7 +26,6 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHAT_TOKENS = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
 QUANTIZE = """
 import sys, llama_cpp
@@ -41,9 +41,10 @@ def tokenizer_files(out: Path) -> None:
     import sentencepiece as spm  # and protobuf, for transformers to read the model: benchmark-only needs
     from transformers import AutoTokenizer
 
+    from ovchat.eval import DATA
     from ovchat.synthetic import PHI3_CHAT_TEMPLATE
 
-    text = [p for p in (SHARED / "alice_in_wonderland.txt", SHARED / "pride_and_prejudice_ch1_39.txt") if p.is_file()]
+    text = [DATA / "alice_in_wonderland_ch1-6.txt", DATA / "pride_and_prejudice_ch1-39.txt"]
     spm.SentencePieceTrainer.train(
         input=",".join(map(str, text)),
         model_prefix=str(out / "tokenizer"),
@@ -141,10 +142,11 @@ def main() -> None:
     name = f"random-phi3-shape-{args.layers}l"
     source = home / "bench-src" / name
     if not (source / "config.json").is_file():
+        source.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=home) as tmp:
             build(Path(tmp) / name, args.layers).rename(source)
     made = {"source": str(source), "layers": args.layers}
-    recipes = [SEED_RECIPE] + ([Recipe(**json.loads(args.recipe))] if args.recipe else [])
+    recipes = [SEED_RECIPE, Recipe()] + ([Recipe(**json.loads(args.recipe))] if args.recipe else [])
     for recipe in recipes:
         target = home / "models" / f"{name}-{recipe.tag}"
         if not (target / "ovchat_manifest.json").is_file():

@@ -1,6 +1,6 @@
 """Which recipe ovchat ships: size, quality and speed of each, on SmolLM2-135M-Instruct, side by side.
 
-    .venv/bin/python benchmarks/recipes.py --llama-python /tmp/llamavenv/bin/python
+    .venv/bin/python benchmarks/recipes.py --llama-python PY
     .venv/bin/python benchmarks/recipes.py --report-only      # redo the table from the JSON
 
 1. Export every recipe in RECIPES (cached in the models directory like any `ovchat export`).
@@ -50,15 +50,15 @@ RECIPES = [
     {"group_size": 128, "ratio": 1.0, "awq": True, "scale_estimation": False},
     {"group_size": 128, "ratio": 1.0, "awq": False, "scale_estimation": True},
     {"group_size": 128, "ratio": 1.0, **AWQ_SE},
-    {"group_size": 128, "ratio": 0.8, **AWQ_SE},  # session 4's default
+    {"group_size": 128, "ratio": 0.8, **AWQ_SE},  # the earlier default, first of the data-aware ones
     {"group_size": 128, "ratio": 0.6, **AWQ_SE},
-    # Added after the committed table (session 4's follow-up: recipes_smollm2_g32.md, docs/quality.md).
-    {"group_size": 32, "ratio": 0.6, **AWQ_SE},  # ovchat's default for part of session 5
+    # Added after the first table (recipes_smollm2_g32.md, docs/quality.md): group 32.
+    {"group_size": 32, "ratio": 0.6, **AWQ_SE},
     {"group_size": 32, "ratio": 0.8, **AWQ_SE},
     {"group_size": 64, "ratio": 0.7, "sym": False, **AWQ_SE},
     {"group_size": 128, "ratio": 0.6, "sym": False, **AWQ_SE},
-    # Session 5: group 32 with more int8, toward the 5% target (recipes_smollm2_r05.md).
-    {"group_size": 32, "ratio": 0.5, **AWQ_SE},  # ovchat's default since session 5
+    # Group 32 with more int8, toward a 5% perplexity loss (recipes_smollm2_r05.md).
+    {"group_size": 32, "ratio": 0.5, **AWQ_SE},  # ovchat's default
 ]
 SIZE_SLACK = 1.15  # "int4 size": at most this × the Q4_1 file
 SPEED_SLACK = 0.90  # "fast": at least this × the fastest int4-size recipe's decode rate
