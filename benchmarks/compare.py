@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -150,6 +151,13 @@ def engines(inputs: dict, args) -> dict[str, dict]:
     return {name: spec for name, spec in chosen.items() if not args.engines or name in args.engines.split(",")}
 
 
+def reproduce(script: str) -> str:
+    """The command that made a result, to print beside it: quoted, with this machine's llama.cpp venv as PY."""
+    argv = sys.argv[1:]
+    argv = ["PY" if i and argv[i - 1] == "--llama-python" else a for i, a in enumerate(argv)]
+    return shlex.join(["python", f"benchmarks/{script}", *argv])
+
+
 def run_worker(spec: dict) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
@@ -247,7 +255,7 @@ def main() -> None:
         "rounds": args.rounds,
         "threads": args.threads,
         "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python", "benchmarks/compare.py", *sys.argv[1:]]),
+        "command": reproduce("compare.py"),
         "rows": rows,
     }
     out = Path(args.out)

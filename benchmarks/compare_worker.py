@@ -110,11 +110,10 @@ def optimum_engine(spec: dict):
 
     config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "CACHE_DIR": spec["cache_dir"]}
     model = OVModelForCausalLM.from_pretrained(spec["model"], ov_config=config, device="CPU")
-    compiled = model.request.get_compiled_model()  # OpenVINO's own choice: the seed sets none
-    RAN_WITH["precision"] = ", ".join(
-        f"{compiled.get_property(key)} {what}".replace("<Type: '", "").replace("'>", "")
-        for key, what in (("INFERENCE_PRECISION_HINT", "inference"), ("KV_CACHE_PRECISION", "KV cache"))
-    )
+    from ovchat.precision import reported
+
+    ran = reported(model.request.get_compiled_model())  # OpenVINO's own choice: the seed sets none
+    RAN_WITH["precision"] = f"{ran['inference']} inference, {ran['kv_cache']} KV cache"
     return _transformers_generate(model, spec["new_tokens"])
 
 

@@ -18,11 +18,12 @@ import statistics
 import sys
 import time
 
-from compare import RESULTS, memory_bandwidth_gbs, run_worker, weight_bytes
+from compare import RESULTS, memory_bandwidth_gbs, reproduce, run_worker, weight_bytes
 
 # name: (inference, KV cache, dynamic-quantization group; 0 = off)
 VARIANTS = {
     "f32 / u8 / dq32": ("f32", "u8", 32),
+    "f32 / u8 / dq128": ("f32", "u8", 128),
     "f32 / u8 / off": ("f32", "u8", 0),
     "f32 / f32 / off": ("f32", "f32", 0),
     "bf16 / u8 / dq32": ("bf16", "u8", 32),
@@ -92,7 +93,7 @@ def main() -> None:
     report = {
         "model": name, "recipe": recipe.tag, "machine": bench.machine(), "memory_bandwidth_gbs": round(bandwidth, 1),
         "ceiling_tok_s": round(ceiling, 1), "new_tokens": args.new_tokens, "runs": args.runs, "rounds": args.rounds,
-        "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", "benchmarks/precision.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d"), "command": reproduce("precision.py"),
         "rows": rows,
     }
     m = report["machine"]

@@ -431,6 +431,14 @@ def bench(model: str, json_path: str | None, plot_path: str | None, **options) -
     type=click.Choice(INFERENCE_PRECISIONS),
     help="Precision the exported models compute in (default: f32 with an f32 KV cache on every CPU).",
 )
+@click.option(
+    "--as-generate",
+    "purpose",
+    flag_value="speed",
+    default="reference",
+    help="Score the models as `generate` runs them (a u8 KV cache, int8 activations where the CPU has VNNI) "
+    "instead of in the reference's precision: what the fast path costs.",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a PNG chart.")
 def eval_command(models: tuple, worst: int, json_path: str | None, plot_path: str | None, **options) -> None:

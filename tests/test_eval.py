@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from ovchat import OvchatError
+from ovchat import OvchatError, precision
 from ovchat.eval import (
     DEFAULT_PROMPTS,
     DEFAULT_TEXT,
@@ -159,6 +159,18 @@ def test_a_model_against_itself_agrees_exactly(tiny_phi3_ov, chain_text):
     assert row["ppl_ratio"]["value"] == 1.0
     assert row["perplexity"] == result["reference"]["perplexity"]
     assert result["reference"]["kind"] == "openvino" and result["prompts"] is None
+
+
+def test_as_generate_scores_the_fast_path_against_the_same_reference(tiny_phi3_ov, chain_text, tmp_path):
+    done = run_cli("eval", "-m", str(tiny_phi3_ov), "-r", str(tiny_phi3_ov), "--text", str(chain_text),
+                   "--prompt-limit", "0", "--window", "32", "--as-generate", "--json", str(tmp_path / "q.json"))
+    assert done.returncode == 0, done.stderr
+    fast = precision.choose("CPU")  # what generate runs with here
+    assert f"precision: {fast} (models), f32 inference, f32 KV cache (reference)" in done.stdout
+    (row,) = json.loads((tmp_path / "q.json").read_text())["models"]
+    assert row["precision"]["dynamic_quantization"] == fast.dynamic_quantization
+    # int8 activations (where the CPU has VNNI) round the tiny model's logits a little, no more.
+    assert row["ppl_ratio"]["value"] == pytest.approx(1.0, abs=0.05)
 
 
 def test_int4_stays_close_to_its_fp32_original_and_a_damaged_copy_does_not(

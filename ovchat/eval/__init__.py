@@ -127,10 +127,11 @@ def answer_prompts(
     device: str,
     step=lambda: None,
     precision: str | None = None,
+    purpose: str = "reference",
 ) -> tuple[list[str], list[list[str]]]:
     """Greedy answers of the reference (a scorer) and of each exported folder, on the same prompt tokens."""
-    # Answered in the reference precision too: the answers measure the weights, not the runtime's rounding.
-    config = choose_precision(device, precision, purpose="reference").properties()
+    # Answered in the scores' precision too: by default the answers measure the weights, not the runtime.
+    config = choose_precision(device, precision, purpose=purpose).properties()
 
     def load(folder: Path):
         return engine.load(str(folder), device=device, config=config)
@@ -160,6 +161,7 @@ def evaluate(
     new_tokens: int = DEFAULT_NEW_TOKENS,
     device: str = engine.DEFAULT_DEVICE,
     precision: str | None = None,
+    purpose: str = "reference",
     progress: Callable[[int, int], None] = lambda done, total: None,
     log: Callable[[str], None] = print_nothing,
 ) -> dict:
@@ -169,7 +171,9 @@ def evaluate(
     in windows of `window` tokens (default: min(context, 512)) moved by `stride` (default: half a
     window). `prompts` is a JSON-lines file (default: the shipped 58 prompts), of which the first
     `prompt_limit` are answered (None: all; 0: no answers). Exported models compute in f32 with an f32
-    KV cache on every CPU, so scores mean the same everywhere, unless `precision` (f32, bf16, f16) says.
+    KV cache on every CPU, so scores mean the same everywhere, unless `precision` (f32, bf16, f16) says;
+    `purpose="speed"` scores them as `generate` runs them instead (ovchat.precision), the reference
+    staying in its own precision.
     """
     started = time.perf_counter()
     specs = [models] if isinstance(models, str) else list(models)
@@ -199,7 +203,7 @@ def evaluate(
     for (path, _), spec in zip(exported[1:], specs[1:], strict=True):
         _check_same_tokens(expected, engine.encode(ov_genai.Tokenizer(str(path)), sample, False), spec, specs[0])
 
-    choose_precision(device, precision, purpose="reference")  # a bad precision: say so before the long work
+    choose_precision(device, precision, purpose=purpose)  # a bad precision: say so before the long work
     ref = open_reference(ref_source, device, log, precision)
     if isinstance(ref, TorchLogits):
         from transformers import AutoTokenizer
@@ -208,7 +212,7 @@ def evaluate(
     else:
         ref_ids = engine.encode(ov_genai.Tokenizer(str(ref.folder)), sample, add_special_tokens=False)
     _check_same_tokens(expected, ref_ids, f"the reference {ref_source.location}", specs[0])
-    scorers = [OpenVINOLogits(path, device, precision=precision) for path, _ in exported]
+    scorers = [OpenVINOLogits(path, device, precision=precision, purpose=purpose) for path, _ in exported]
     for scorer, spec in zip(scorers, specs, strict=True):
         if scorer.vocab_size != ref.vocab_size:
             raise OvchatError(
@@ -253,7 +257,7 @@ def evaluate(
     if items:
         log(f"answering {len(items)} prompts with the reference and {len(specs)} model(s), greedy")
         ref_answers, model_answers = answer_prompts(
-            ref, [p for p, _ in exported], items, new_tokens, device, step, precision
+            ref, [p for p, _ in exported], items, new_tokens, device, step, precision, purpose
         )
         embed = Embedder()
         for row, answers in zip(rows, model_answers, strict=True):

@@ -68,7 +68,8 @@ class OpenVINOLogits:
     time through the KV cache instead: slower, for checking that the two agree.
 
     It is a measuring instrument: it computes in f32 with an f32 KV cache and no int8 activations on
-    every CPU (the "reference" precision) unless `precision` (f32, bf16, f16) says otherwise.
+    every CPU (the "reference" precision) unless `precision` (f32, bf16, f16) or `purpose` (one of
+    ovchat.precision.PURPOSES) says otherwise.
     """
 
     kind = "openvino"
@@ -80,11 +81,12 @@ class OpenVINOLogits:
         config: dict | None = None,
         stepwise=False,
         precision: str | None = None,
+        purpose: str = "reference",
     ):
         import openvino as ov
 
         self.folder, self.stepwise = Path(folder), stepwise
-        chosen = choose_precision(device, precision, purpose="reference", config=config)
+        chosen = choose_precision(device, precision, purpose=purpose, config=config)
         try:
             compiled = ov.Core().compile_model(
                 self.folder / "openvino_model.xml", device, engine.runtime_properties(config, None, chosen)
