@@ -39,7 +39,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             server = Server(args.model, *variant.split(), log_path=Path(tmp) / "serve.log")
             try:
-                ran = re.search(r" on \S+ \((.*?)\), context", server.log()).group(1)  # the startup line names it
+                stated = re.search(r" on \S+ \((.*?)\), context", server.log())  # the startup line names it
+                ran = stated.group(1) if stated else "(not stated: see the server's first line)"
                 solo, together = answers_alone_and_together(server, EIGHT_PROMPTS, args.max_tokens)
             finally:
                 server.stop()

@@ -61,6 +61,9 @@ def main() -> None:
     if "BF16" not in precision.capabilities("CPU"):
         print("this CPU has no bf16: bf16 variants left out", file=sys.stderr)
         chosen = {k: v for k, v in chosen.items() if v[0] != "bf16"}
+    if not precision.has_vnni():  # OpenVINO would run them without int8 activations: not what they say
+        print("this CPU has no VNNI: int8-activation variants left out", file=sys.stderr)
+        chosen = {k: v for k, v in chosen.items() if not v[2]}
     tokenizer = ovchat.load(str(folder)).tokenizer
     lengths = [int(n) for n in args.prompt_tokens.split(",")]
     bandwidth = memory_bandwidth_gbs()

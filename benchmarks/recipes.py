@@ -313,10 +313,13 @@ def llama_requantized(args) -> dict:
     report = data["eval"]
     folders = [Path(r["folder"]) for r in rows]
     reference = Path(report["reference"]["folder"])
+    from ovchat import catalog
+
+    gguf_dir = Path(args.gguf_dir) if args.gguf_dir else catalog.models_home() / "bench-src"
     ggufs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for ftype in args.llama_requant.split(","):
-            gguf = Path(args.gguf_dir) / f"{reference.name}.{ftype}.gguf"
+            gguf = gguf_dir / f"{reference.name}.{ftype}.gguf"
             if not gguf.is_file():
                 to_gguf(reference, Path(args.llama_src), args.llama_python, Path(tmp) / gguf.name, ftype, "f32")
                 gguf.parent.mkdir(parents=True, exist_ok=True)
@@ -356,7 +359,7 @@ def main() -> None:
     parser.add_argument(
         "--source-json", default=str(OUT.with_suffix(".json")), help="tables whose rows --llama-requant reuses"
     )
-    parser.add_argument("--gguf-dir", default="/tmp/ovchat-requant", help="where --llama-requant keeps its GGUFs")
+    parser.add_argument("--gguf-dir", help="where --llama-requant keeps its GGUFs (default: the models home)")
     args = parser.parse_args()
     out = Path(args.out)
     json_path = out.with_suffix(".json")

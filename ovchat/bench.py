@@ -18,6 +18,7 @@ from pathlib import Path
 from . import engine
 from .errors import OvchatError, print_nothing
 from .precision import Precision, cpu_info, isa
+from .precision import choose as choose_precision
 
 # Ordinary English, so prompts are made of ordinary tokens; repeated to any length.
 FILLER = (
@@ -91,6 +92,7 @@ def run(
     precisions, as `ovchat.load`'s do; the report says which ran."""
     if runs < 1 or warmup < 0 or new_tokens < 1 or not prompt_tokens or min(prompt_tokens) < 1:
         raise OvchatError("runs, new tokens and every prompt length must be positive (warm-up may be 0)")
+    choose_precision(device, precision, kv_cache_precision, config=config)  # a bad one: said before any export
     path, _ = engine.prepare(model, device, log=log)  # exporting, if needed, is not part of load time
     context = engine.context_length(path)
     too_long = [n for n in prompt_tokens if n + new_tokens > context]

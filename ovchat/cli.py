@@ -167,6 +167,7 @@ run_options = _options(
     click.option("--system", help="System prompt."),
     device_option,
     precision_option,
+    kv_precision_option,
     cache_dir_option,
     click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS, show_default=True),
     click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True, help="0 is greedy."),
@@ -194,6 +195,7 @@ def generate(
     system: str | None,
     device: str,
     precision: str | None,
+    kv_cache_precision: str | None,
     cache_dir: str | None,
     stream: bool,
     raw: bool,
@@ -207,7 +209,8 @@ def generate(
     if raw and system is not None:
         raise OvchatError("--system has no effect with --raw (no chat template is applied); drop one of them")
     handle = load(
-        model, device=device, precision=precision, cache_dir=cache_dir, prompt_lookup=prompt_lookup, log=_say
+        model, device=device, precision=precision, kv_cache_precision=kv_cache_precision, cache_dir=cache_dir,
+        prompt_lookup=prompt_lookup, log=_say,
     )
     last = None
     pieces = []
@@ -235,6 +238,7 @@ def chat(
     system: str | None,
     device: str,
     precision: str | None,
+    kv_cache_precision: str | None,
     cache_dir: str | None,
     verbose: bool,
     prompt_lookup: bool,
@@ -252,7 +256,8 @@ def chat(
     piped = not sys.stdin.isatty()
     text = sys.stdin.read() if piped else ""
     handle = load(
-        model, device=device, precision=precision, cache_dir=cache_dir, prompt_lookup=prompt_lookup, log=_say
+        model, device=device, precision=precision, kv_cache_precision=kv_cache_precision, cache_dir=cache_dir,
+        prompt_lookup=prompt_lookup, log=_say,
     )
     session = ChatSession(handle, system=system, sampling=sampling)
     if piped:

@@ -9,8 +9,9 @@ cache in the inference precision, f16 or u8). So ovchat states them instead: `ch
 overrides, and refuses a combination that cannot work with a message that says what to use.
 
 Purposes (docs/speed.md has the measurements behind each default):
-- "speed": generate, chat and bench. The fastest decode measured on each CPU kind: f32 inference,
-  a u8 KV cache, int8 activations where the CPU has VNNI.
+- "speed": generate, chat and bench. f32 inference, a u8 KV cache, int8 activations where the CPU
+  has VNNI: on an Intel Xeon 1.5x the decode of OpenVINO's own bf16, elsewhere within noise of the
+  other settings, and half their prefill time where VNNI runs the int8 activations.
 - "batch-invariant": the server. The same greedy answer whatever else is in the batch: the KV cache
   in the inference precision and no int8 activations (both make a token depend on its neighbours);
   bf16 where the CPU has AMX (as fast to decode as f32 there, three times faster to read a prompt),
@@ -144,12 +145,15 @@ def choose(
 
     `config` (OpenVINO properties a caller passes through) may set INFERENCE_PRECISION_HINT,
     KV_CACHE_PRECISION or DYNAMIC_QUANTIZATION_GROUP_SIZE too; an explicit argument wins over it.
-    Without either, the inference precision comes from OVCHAT_PRECISION, then the purpose's default.
+    Without either, the inference precision comes from OVCHAT_PRECISION (except for "reference", a
+    measuring instrument's, which is f32 unless asked), then the purpose's default.
     """
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}, not {purpose!r}")
     config = config or {}
-    asked = inference or config.get("INFERENCE_PRECISION_HINT") or os.environ.get(PRECISION_ENV) or None
+    # OVCHAT_PRECISION is a user's preference for running a model, not for measuring one.
+    from_env = os.environ.get(PRECISION_ENV) if purpose != "reference" else None
+    asked = inference or config.get("INFERENCE_PRECISION_HINT") or from_env or None
     inference = _name(asked, "the precision", INFERENCE_PRECISIONS) if asked else _default_inference(device, purpose)
     caps, cpu = capabilities(device), _base(device) == "CPU"
     if cpu and inference == "f16":
@@ -208,11 +212,12 @@ def has_vnni() -> bool:
     return any(f in cpu_info()[1] for f in VNNI_FLAGS)
 
 
-def reported(compiled) -> dict[str, str]:
+def reported(compiled) -> dict:
     """The precisions a compiled model actually runs with, as OpenVINO reports them."""
-    out = {}
+    out: dict = {}
     for name, key in (("inference", "INFERENCE_PRECISION_HINT"), ("kv_cache", "KV_CACHE_PRECISION")):
         value = compiled.get_property(key)
         text = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
         out[name] = _OV_NAMES.get(text, text)
+    out["dynamic_quantization"] = int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
     return out

@@ -83,7 +83,7 @@ def test_repository_for_the_tiny_phi3(tiny_phi3_ov, tmp_path):
     assert options["max_num_seqs"] == ["4"] and options["cache_size"] == ["3"]
     assert options["enable_prefix_caching"] == ["true"]
     plugin = json.loads(options["plugin_config"][0])
-    # Every precision stated, so the KV cache matches the inference precision on whichever CPU OVMS runs.
+    # Every precision stated (the u8 cache asked for above), so OVMS runs the same pair on whichever CPU.
     assert plugin == {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "u8",
                       "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
     models = (folder / options["models_path"][0]).resolve()

@@ -48,6 +48,9 @@ def test_overrides_win_in_order(monkeypatch):
     monkeypatch.setenv(precision.PRECISION_ENV, "f32")
     assert precision.choose("CPU", purpose="batch-invariant").inference == "f32"
     assert precision.choose("CPU", "f32", purpose="batch-invariant").kv_cache == "f32"
+    # A preference for running models does not move the measuring instrument.
+    monkeypatch.setenv(precision.PRECISION_ENV, "f16")
+    assert precision.choose("CPU", purpose="reference") == precision.Precision("f32", "f32", 0)
 
 
 @pytest.mark.parametrize(
@@ -117,6 +120,10 @@ def test_generate_says_which_precision_ran(tiny_phi3_ov, chosen):
                    "Hi")
     assert done.returncode == 0, done.stderr
     assert f"{chosen} inference, u8 KV cache" in done.stderr
+    done = run_cli("generate", "-v", "--model", str(tiny_phi3_ov), "--precision", chosen, "--kv-cache-precision",
+                   chosen, "--max-new-tokens", "8", "Hi")
+    assert done.returncode == 0, done.stderr
+    assert f"{chosen} inference, {chosen} KV cache" in done.stderr
 
 
 @needs_bf16

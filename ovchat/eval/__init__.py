@@ -132,15 +132,16 @@ def answer_prompts(
     """Greedy answers of the reference (a scorer) and of each exported folder, on the same prompt tokens."""
     # Answered in the scores' precision too: by default the answers measure the weights, not the runtime.
     config = choose_precision(device, precision, purpose=purpose).properties()
+    ref_config = choose_precision(device, precision, purpose="reference").properties()  # as the ref scores
 
-    def load(folder: Path):
+    def load(folder: Path, config: dict = config):
         return engine.load(str(folder), device=device, config=config)
 
     first = load(folders[0])
     if isinstance(ref, TorchLogits):  # on exactly the token ids the first model reads
         ref_answers = torch_answers(ref, first, items, new_tokens, step)
     else:
-        ref_answers = openvino_answers(load(ref.folder), items, new_tokens, step)
+        ref_answers = openvino_answers(load(ref.folder, ref_config), items, new_tokens, step)
     answers = []
     for folder in folders:
         handle = first if folder == folders[0] else load(folder)
@@ -188,6 +189,7 @@ def evaluate(
     if items:
         embedding_model_dir()  # missing: say so before the long work
 
+    choose_precision(device, precision, purpose=purpose)  # a bad precision: say so before the long work
     exported = [engine.prepare(spec, device, log=log) for spec in specs]
     ref_source = reference_source(exported[0][0], reference)
     import openvino_genai as ov_genai
@@ -203,7 +205,6 @@ def evaluate(
     for (path, _), spec in zip(exported[1:], specs[1:], strict=True):
         _check_same_tokens(expected, engine.encode(ov_genai.Tokenizer(str(path)), sample, False), spec, specs[0])
 
-    choose_precision(device, precision, purpose=purpose)  # a bad precision: say so before the long work
     ref = open_reference(ref_source, device, log, precision)
     if isinstance(ref, TorchLogits):
         from transformers import AutoTokenizer

@@ -97,7 +97,7 @@ class OpenVINOLogits:
         self._request = compiled.create_infer_request()
         self.vocab_size = compiled.output("logits").get_partial_shape()[-1].get_length()
         self.context_length = engine.context_length(self.folder)
-        self.precision = {**reported_precision(compiled), "dynamic_quantization": chosen.dynamic_quantization}
+        self.precision = reported_precision(compiled)
 
     def _infer(self, ids: Sequence[int], offset: int) -> np.ndarray:
         out = self._request.infer(step_inputs(ids, offset, self._inputs))
