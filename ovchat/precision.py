@@ -219,5 +219,8 @@ def reported(compiled) -> dict:
         value = compiled.get_property(key)
         text = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
         out[name] = _OV_NAMES.get(text, text)
-    out["dynamic_quantization"] = int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+    try:
+        out["dynamic_quantization"] = int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+    except RuntimeError:  # a device without int8 activations may not know the property
+        out["dynamic_quantization"] = 0
     return out
