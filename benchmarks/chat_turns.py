@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import ovchat
-from ovchat.export import ensure_exported
+from ovchat import SamplingParams
+from ovchat.build.export import ensure_exported
 from ovchat.session import ChatSession
 
 TOPICS = ["rivers", "volcanoes", "bees", "the moon", "chess", "bread", "glaciers", "owls", "copper", "tea"]
@@ -42,7 +43,7 @@ def ovchat_run(folder: Path, messages: list[str], max_new_tokens: int) -> tuple[
     model = ovchat.load(str(folder))
     for text in WARM_UP:
         model.generate(text, raw=True, max_new_tokens=4)
-    session = ChatSession(model, system=SYSTEM, sampling={"max_new_tokens": max_new_tokens})
+    session = ChatSession(model, system=SYSTEM, sampling=SamplingParams(max_new_tokens=max_new_tokens))
     ttfts = []
     for text in messages:
         started = time.perf_counter()

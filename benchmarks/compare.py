@@ -71,14 +71,15 @@ def prepare_smollm2(args) -> dict:
     """The engines' inputs for SmolLM2-135M-Instruct: the GGUF, an fp32 HF folder, two exports."""
     import ovchat
     from ovchat import catalog
-    from ovchat.export import SEED_RECIPE, Recipe, ensure_exported
-    from ovchat.gguf import gguf_to_hf
+    from ovchat.build.export import ensure_exported
+    from ovchat.build.gguf import gguf_to_hf
+    from ovchat.build.recipe import SAMPLE_RECIPE, Recipe
 
     gguf = catalog.materialize(catalog.resolve("smollm2-135m"))
     hf = catalog.models_home() / "bench-src" / "smollm2-135m-hf"
     if not (hf / "config.json").is_file():
         gguf_to_hf(gguf, hf)
-    seed = ensure_exported("smollm2-135m", SEED_RECIPE)
+    seed = ensure_exported("smollm2-135m", SAMPLE_RECIPE)
     best = ensure_exported("smollm2-135m", Recipe(**json.loads(args.best_recipe)))
     tokenizer = ovchat.load(str(seed)).tokenizer
     return {
@@ -96,11 +97,11 @@ def prepare_phi3_shape(args) -> dict:
     """The same for the random Phi-3-mini-shaped model that benchmarks/phi3_shape.py builds."""
     import ovchat
     from ovchat import catalog
-    from ovchat.export import SEED_RECIPE, Recipe
+    from ovchat.build.recipe import SAMPLE_RECIPE, Recipe
 
     home = catalog.models_home()
     name = f"random-phi3-shape-{args.layers}l"
-    seed = home / "models" / f"{name}-{SEED_RECIPE.tag}"
+    seed = home / "models" / f"{name}-{SAMPLE_RECIPE.tag}"
     best = home / "models" / f"{name}-{Recipe(**json.loads(args.best_recipe)).tag}"
     gguf = home / "bench-src" / f"{name}.Q4_0.gguf"
     for path in (seed, best, gguf):

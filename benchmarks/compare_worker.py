@@ -37,33 +37,14 @@ class Clock:
 
 
 def ovchat_engine(spec: dict):
-    import numpy as np
-    import openvino as ov
-    import openvino_genai as genai
-
     import ovchat
 
     model = ovchat.load(spec["model"], config=spec.get("config") or None)
     RAN_WITH["precision"] = str(model.precision)
-    config = genai.GenerationConfig(max_new_tokens=spec["new_tokens"])
-    config.ignore_eos = True
-    config.stop_token_ids = set()
-
-    class Streamer(genai.StreamerBase):
-        def __init__(self, clock: Clock):
-            super().__init__()
-            self.clock = clock
-
-        def write(self, token):
-            self.clock.tick(len(token) if isinstance(token, list) else 1)
-            return genai.StreamingStatus.RUNNING
-
-        def end(self):
-            pass
 
     def generate(ids: list[int]) -> Clock:
         clock = Clock()
-        model.pipeline.generate(ov.Tensor(np.asarray([ids], dtype=np.int64)), config, Streamer(clock))
+        model.timed_generate(ids, spec["new_tokens"], on_tokens=clock.tick)
         return clock
 
     return generate

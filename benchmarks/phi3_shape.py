@@ -41,7 +41,7 @@ def tokenizer_files(out: Path) -> None:
     import sentencepiece as spm  # and protobuf, for transformers to read the model: benchmark-only needs
     from transformers import AutoTokenizer
 
-    from ovchat.eval import DATA
+    from ovchat.eval.scoring import DATA
     from ovchat.synthetic import PHI3_CHAT_TEMPLATE
 
     text = [DATA / "alice_in_wonderland_ch1-6.txt", DATA / "pride_and_prejudice_ch1-39.txt"]
@@ -136,7 +136,7 @@ def main() -> None:
 
     import ovchat
     from ovchat import catalog
-    from ovchat.export import SEED_RECIPE, Recipe
+    from ovchat.build.recipe import SAMPLE_RECIPE, Recipe
 
     home = catalog.models_home()
     name = f"random-phi3-shape-{args.layers}l"
@@ -146,7 +146,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=home) as tmp:
             build(Path(tmp) / name, args.layers).rename(source)
     made = {"source": str(source), "layers": args.layers}
-    recipes = [SEED_RECIPE, Recipe()] + ([Recipe(**json.loads(args.recipe))] if args.recipe else [])
+    recipes = [SAMPLE_RECIPE, Recipe()] + ([Recipe(**json.loads(args.recipe))] if args.recipe else [])
     for recipe in recipes:
         target = home / "models" / f"{name}-{recipe.tag}"
         if not (target / "ovchat_manifest.json").is_file():

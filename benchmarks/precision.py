@@ -47,7 +47,8 @@ def main() -> None:
 
     import ovchat
     from ovchat import bench, catalog, precision
-    from ovchat.export import Recipe, ensure_exported
+    from ovchat.build.export import ensure_exported
+    from ovchat.build.recipe import Recipe
 
     recipe = Recipe(**json.loads(args.recipe))
     if args.model == "smollm2":

@@ -55,14 +55,14 @@ def projection(name: str) -> str:
 def profile(folder: Path, steps: int) -> dict:
     import openvino as ov
 
-    from ovchat import engine
+    from ovchat import runtime
     from ovchat.eval.logits import step_inputs
 
     core = ov.Core()
     model = core.read_model(folder / "openvino_model.xml")
     weights = weight_bytes_per_matmul(model)
     # No compile cache: a blob loaded from it may not carry the counters.
-    config = engine.runtime_properties({"PERF_COUNT": "YES"}, "")
+    config = runtime.runtime_properties({"PERF_COUNT": "YES"}, "")
     compiled = core.compile_model(model, "CPU", config)
     names = {i.get_any_name() for i in compiled.inputs}
     request = compiled.create_infer_request()

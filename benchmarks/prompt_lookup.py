@@ -23,7 +23,7 @@ OUT = HERE / "results" / "prompt_lookup"
 
 
 def tasks() -> dict[str, str]:
-    from ovchat.eval import DEFAULT_TEXT
+    from ovchat.eval.scoring import DEFAULT_TEXT
 
     paragraph = " ".join(DEFAULT_TEXT.read_text()[3000:4200].split())
     return {

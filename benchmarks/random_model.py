@@ -30,7 +30,7 @@ def build(shape: str, out: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ovchat.export import ensure_exported
+    from ovchat.build.export import ensure_exported
 
     donor = ensure_exported("smollm2-135m")  # the tokenizer and template of the SmolLM2 family
     torch.manual_seed(0)

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/recipes.py --report-only      # redo the table from the JSON
 
 1. Export every recipe in RECIPES (cached in the models directory like any `ovchat export`).
-2. `ovchat.eval.evaluate` on all of them at once: one float32 reference, the same text tokens and
+2. `ovchat.evaluate` on all of them at once: one float32 reference, the same text tokens and
    windows, the same prompts and prompt tokens.
 3. llama.cpp's Q4_1 (the original GGUF) through llama-cpp-python, scored on exactly those tokens
    and windows against the same reference, and answering the same prompt tokens greedily.
@@ -65,7 +65,7 @@ SPEED_SLACK = 0.90  # "fast": at least this × the fastest int4-size recipe's de
 
 
 class LlamaCppScorer:
-    """llama-cpp-python in its own interpreter, as a scorer for ovchat.eval.score_text."""
+    """llama-cpp-python in its own interpreter, as a scorer for ovchat.eval.scoring.score_text."""
 
     kind = "llama.cpp"
     precision = {"weights": "Q4_1"}
@@ -125,14 +125,15 @@ def llama_quality(
     """A GGUF against the report's reference, on the report's tokens, windows and prompt tokens."""
     import openvino_genai as ov_genai
 
-    from ovchat import engine
-    from ovchat.eval import read_text, score_text
+    import ovchat
+    from ovchat import runtime
     from ovchat.eval.answers import Embedder, load_prompts, messages, similarities
     from ovchat.eval.logits import open_reference, reference_source
     from ovchat.eval.metrics import mean_se
+    from ovchat.eval.scoring import read_text, score_text
 
     text = report["text"]
-    ids = engine.encode(ov_genai.Tokenizer(str(folders[0])), read_text(Path(text["path"])))[: text["tokens"] + 1]
+    ids = runtime.encode(ov_genai.Tokenizer(str(folders[0])), read_text(Path(text["path"])))[: text["tokens"] + 1]
     ref = open_reference(reference_source(folders[0], None))
     llama = LlamaCppScorer(python, gguf, max(text["window"], 1024), threads)
     try:
@@ -147,7 +148,7 @@ def llama_quality(
         }
         prompts = report.get("prompts")
         if prompts:
-            handle = engine.load(str(folders[0]))
+            handle = ovchat.load(str(folders[0]))
             items = load_prompts(Path(prompts["path"]), prompts["count"])
             answers = []
             for item in items:
@@ -386,7 +387,7 @@ def main() -> None:
             data["decode_remeasured"] = {"rounds": args.rounds, "runs": args.runs, "rows": len(sized)}
     else:
         from ovchat import bench, catalog
-        from ovchat.eval import evaluate
+        from ovchat.eval.evaluate import evaluate
 
         gguf = catalog.materialize(catalog.resolve("smollm2-135m"))
         recipes = [RECIPES[int(i)] for i in args.only.split(",")] if args.only else RECIPES

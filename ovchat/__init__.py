@@ -7,10 +7,24 @@ for chunk in model.stream_generate([{"role": "user", "content": "Hi"}]):
     print(chunk.text, end="", flush=True)
 """
 
+from .build.export import export
+from .build.recipe import Recipe
 from .catalog import DEFAULT_MODEL
-from .engine import GenerationResponse, Model, SamplingParams, load
 from .errors import OvchatError
-from .export import Recipe, export
+from .eval.evaluate import evaluate
+from .loader import load
+from .model import GenerationResponse, Model
+from .sampling import SamplingParams
 
 __version__ = "0.1.0"
-__all__ = ["DEFAULT_MODEL", "GenerationResponse", "Model", "OvchatError", "Recipe", "SamplingParams", "export", "load"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "GenerationResponse",
+    "Model",
+    "OvchatError",
+    "Recipe",
+    "SamplingParams",
+    "evaluate",
+    "export",
+    "load",
+]

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import engine
+from . import runtime
+from .config import DEFAULT_DEVICE
 from .errors import OvchatError, print_nothing
 from .precision import Precision, cpu_info, isa
 from .precision import choose as choose_precision
@@ -43,8 +44,8 @@ def machine() -> dict:
 
 def exact_prompt(tokenizer, length: int, variant: int) -> list[int]:
     """`length` token ids of ordinary text whose first tokens differ with `variant`."""
-    head = engine.encode(tokenizer, f"Note {variant}: ", add_special_tokens=False)
-    body = engine.encode(tokenizer, FILLER, add_special_tokens=False)
+    head = runtime.encode(tokenizer, f"Note {variant}: ", add_special_tokens=False)
+    body = runtime.encode(tokenizer, FILLER, add_special_tokens=False)
     ids = list(head)
     while len(ids) < length:
         ids += body
@@ -74,7 +75,7 @@ def _summary(values: Sequence[float]) -> dict:
 def run(
     model: str,
     *,
-    device: str = engine.DEFAULT_DEVICE,
+    device: str = DEFAULT_DEVICE,
     prompt_tokens: Sequence[int] = (32, 512, 2048),
     new_tokens: int = 128,
     runs: int = 5,
@@ -93,8 +94,10 @@ def run(
     if runs < 1 or warmup < 0 or new_tokens < 1 or not prompt_tokens or min(prompt_tokens) < 1:
         raise OvchatError("runs, new tokens and every prompt length must be positive (warm-up may be 0)")
     choose_precision(device, precision, kv_cache_precision, config=config)  # a bad one: said before any export
-    path, _ = engine.prepare(model, device, log=log)  # exporting, if needed, is not part of load time
-    context = engine.context_length(path)
+    from .loader import load, prepare
+
+    path, _ = prepare(model, device, log=log)  # exporting, if needed, is not part of load time
+    context = runtime.context_length(path)
     too_long = [n for n in prompt_tokens if n + new_tokens > context]
     if too_long:
         raise OvchatError(
@@ -103,7 +106,7 @@ def run(
         )
     started = time.perf_counter()
     properties = dict(config or {})
-    handle = engine.load(
+    handle = load(
         str(path),
         device=device,
         cache_dir=cache_dir,
@@ -114,13 +117,6 @@ def run(
     )
     load_s = time.perf_counter() - started
 
-    import openvino as ov
-    import openvino_genai as ov_genai
-    from numpy import asarray, int64
-
-    config = ov_genai.GenerationConfig(max_new_tokens=new_tokens)
-    config.ignore_eos = True  # every run generates exactly new_tokens
-    config.stop_token_ids = set()
     total, done, variant = len(prompt_tokens) * (runs + warmup), 0, 0
     rows = []
     for length in prompt_tokens:
@@ -128,19 +124,17 @@ def run(
         for i in range(warmup + runs):
             variant += 1
             ids = exact_prompt(handle.tokenizer, length, variant)
-            result = handle.pipeline.generate(ov.Tensor(asarray([ids], dtype=int64)), config)
-            metrics = result.perf_metrics
-            generated = metrics.get_num_generated_tokens()
-            if metrics.get_num_input_tokens() != length or generated != new_tokens:
+            timing = handle.timed_generate(ids, new_tokens)  # every run generates exactly new_tokens
+            if timing.prompt_tokens != length or timing.new_tokens != new_tokens:
                 raise OvchatError(
                     f"expected {length} → {new_tokens} tokens, the pipeline did "
-                    f"{metrics.get_num_input_tokens()} → {generated}"
+                    f"{timing.prompt_tokens} → {timing.new_tokens}"
                 )
             done += 1
             progress(done, total)
             if i < warmup:
                 continue
-            ttft, tpot = metrics.get_ttft().mean, metrics.get_tpot().mean  # milliseconds
+            ttft, tpot = timing.ttft_ms, timing.tpot_ms
             samples["ttft_ms"].append(ttft)
             samples["prefill_tok_s"].append(length / ttft * 1000)
             samples["tpot_ms"].append(tpot)

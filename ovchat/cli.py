@@ -12,10 +12,11 @@ import sys
 import click
 
 from . import catalog
-from .engine import DEFAULT_DEVICE, DEFAULT_MAX_NEW_TOKENS
+from .build.recipe import WEIGHT_FORMATS, Recipe
+from .config import DEFAULT_DEVICE, DEFAULT_MAX_NEW_TOKENS, OVMS_CACHE_SIZE_GB, format_ms
 from .errors import OvchatError
-from .export import WEIGHT_FORMATS, Recipe
 from .precision import INFERENCE_PRECISIONS, KV_CACHE_PRECISIONS, PRECISION_ENV
+from .sampling import SamplingParams
 
 
 def _say(message: str) -> None:
@@ -93,14 +94,14 @@ model_option = click.option(
 @click.option("--sym/--asym", default=Recipe.sym, show_default=True, help="Symmetric int4 (no zero points).")
 @click.option(
     "--awq/--no-awq",
-    default=Recipe.awq,
-    show_default=True,
+    default=None,
+    show_default="on for int4",
     help="Data-aware int4: AWQ on the shipped calibration text.",
 )
 @click.option(
     "--scale-estimation/--no-scale-estimation",
-    default=Recipe.scale_estimation,
-    show_default=True,
+    default=None,
+    show_default="on for int4",
     help="Data-aware int4: fit each group's scale to the calibration text.",
 )
 @click.option(
@@ -115,7 +116,7 @@ def export(model: str, output: str | None, force: bool, check: bool | None, **re
     The Phi-3 sample's recipe: --group-size 128 --ratio 0.6 --no-awq --no-scale-estimation (faster to export,
     less accurate; see docs/quality.md).
     """
-    from .export import export as run_export
+    from .build.export import export as run_export
 
     path = run_export(model, output, **recipe, force=force, check=check, log=_say)
     click.echo(str(path))
@@ -204,7 +205,7 @@ def generate(
     **sampling,
 ) -> None:
     """Answer PROMPT once with MODEL's chat template, streaming the answer to stdout."""
-    from .engine import load
+    from .loader import load
 
     if raw and system is not None:
         raise OvchatError("--system has no effect with --raw (no chat template is applied); drop one of them")
@@ -214,7 +215,7 @@ def generate(
     )
     last = None
     pieces = []
-    for last in handle.stream_generate(prompt, system=system, raw=raw, **sampling):
+    for last in handle.stream_generate(prompt, system=system, raw=raw, sampling=SamplingParams(**sampling)):
         if stream:
             click.echo(last.text, nl=False)
             sys.stdout.flush()
@@ -222,10 +223,10 @@ def generate(
             pieces.append(last.text)
     click.echo("".join(pieces))
     if verbose and last is not None:
-        ttft = f"{last.time_to_first_token * 1000:.0f} ms" if last.time_to_first_token else "n/a"
         rate = f"{last.tokens_per_second:.1f} tok/s" if last.tokens_per_second else "n/a"
         _say(
-            f"[{last.prompt_tokens} prompt tokens, {last.token_count} new, first token {ttft}, {rate}, "
+            f"[{last.prompt_tokens} prompt tokens, {last.token_count} new, "
+            f"first token {format_ms(last.time_to_first_token)}, {rate}, "
             f"finish: {last.finish_reason}; {handle.precision}]"
         )
 
@@ -250,7 +251,7 @@ def chat(
     printed: echo "hi" | ovchat chat
     """
     from .chat import answer_piped, repl
-    from .engine import load
+    from .loader import load
     from .session import ChatSession
 
     piped = not sys.stdin.isatty()
@@ -259,7 +260,7 @@ def chat(
         model, device=device, precision=precision, kv_cache_precision=kv_cache_precision, cache_dir=cache_dir,
         prompt_lookup=prompt_lookup, log=_say,
     )
-    session = ChatSession(handle, system=system, sampling=sampling)
+    session = ChatSession(handle, system=system, sampling=SamplingParams(**sampling))
     if piped:
         answer_piped(session, text, verbose)
     else:
@@ -455,7 +456,8 @@ def eval_command(models: tuple, worst: int, json_path: str | None, plot_path: st
     """
     import json
 
-    from .eval import evaluate, report
+    from .eval import report
+    from .eval.evaluate import evaluate
 
     with click.progressbar(length=1, label="evaluating", file=sys.stderr) as bar:
 
@@ -482,11 +484,10 @@ def eval_command(models: tuple, worst: int, json_path: str | None, plot_path: st
 @concurrency_option
 @click.option(
     "--kv-cache-gb",
-    "cache_size_gb",
     type=click.IntRange(1),
-    default=2,
+    default=OVMS_CACHE_SIZE_GB,
     show_default=True,
-    help="KV cache size (OVMS cache_size).",
+    help="KV cache size (OVMS cache_size: OVMS allocates it up front, so it has no automatic size).",
 )
 @click.option(
     "--precision",
@@ -516,7 +517,7 @@ def ovms(repository: str, model: str, max_concurrency: int, **options) -> None:
 @main.command()
 def models() -> None:
     """List the catalog aliases and the models already exported."""
-    from .inventory import exported_models
+    from .build.inventory import exported_models
 
     click.echo("Aliases:")
     for entry in catalog.CATALOG.values():

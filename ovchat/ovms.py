@@ -13,7 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from . import engine
+from . import runtime
+from .config import DEFAULT_DEVICE, LATENCY_CONFIG, OVMS_CACHE_SIZE_GB, OVMS_MAX_NUM_SEQS, OVMS_PRECISION
 from .errors import OvchatError
 from .precision import choose as choose_precision
 
@@ -74,9 +75,9 @@ def write_repository(
     repository: str | os.PathLike,
     *,
     name: str | None = None,
-    device: str = engine.DEFAULT_DEVICE,
-    max_num_seqs: int = 8,
-    cache_size_gb: int = 2,
+    device: str = DEFAULT_DEVICE,
+    max_num_seqs: int = OVMS_MAX_NUM_SEQS,
+    kv_cache_gb: int = OVMS_CACHE_SIZE_GB,
     precision: str | None = None,
     kv_cache_precision: str | None = None,
     force: bool = False,
@@ -88,12 +89,14 @@ def write_repository(
     any concurrency), with f32 inference unless `precision` says: OVMS may run on another CPU, and
     f32 loads on every kind.
     """
-    chosen = choose_precision(device, precision or "f32", kv_cache_precision, purpose="batch-invariant")
-    path, info = engine.prepare(model, device, log=log)
+    chosen = choose_precision(device, precision or OVMS_PRECISION, kv_cache_precision, purpose="batch-invariant")
+    from .loader import prepare
+
+    path, info = prepare(model, device, log=log)
     missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
     if missing:
         raise OvchatError(f"{path} lacks {', '.join(missing)}, which OVMS needs: re-export it with `ovchat export`")
-    name = name or engine.model_name(path, info)
+    name = name or runtime.model_name(path, info)
     parts = name.split("/")
     if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise OvchatError(f"{name!r} cannot name a folder inside the repository; pass another --name")
@@ -109,11 +112,11 @@ def write_repository(
         if item.is_file() and item.name not in SKIPPED_FILES:
             _place(item, staging / item.name)
     plugin_config = json.dumps(
-        {**chosen.properties(), **engine.LATENCY_CONFIG}, separators=(", ", ": ")
+        {**chosen.properties(), **LATENCY_CONFIG}, separators=(", ", ": ")
     )
     (staging / "graph.pbtxt").write_text(
         GRAPH_TEMPLATE.format(
-            plugin_config=plugin_config, cache_size=cache_size_gb, max_num_seqs=max_num_seqs, device=device
+            plugin_config=plugin_config, cache_size=kv_cache_gb, max_num_seqs=max_num_seqs, device=device
         )
     )
     if folder.exists():

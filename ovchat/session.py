@@ -1,7 +1,7 @@
 """A conversation with a model: history, the context-window policy, stats, and transcripts on disk.
 
 The REPL (chat.py) is a thin shell over this; so could a UI be. The model's KV cache is reused
-between turns because each turn sends the same conversation plus one message (see engine.py).
+between turns because each turn sends the same conversation plus one message (see model.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import GenerationResponse, Message, Model
+from .config import format_ms
 from .errors import OvchatError, describe
+from .model import GenerationResponse, Model
+from .runtime import Message
+from .sampling import SamplingParams
 
 ROLES = ("system", "user", "assistant")
 
@@ -31,12 +34,11 @@ class TurnStats:
     cut: bool = False
 
     def line(self) -> str:
-        ttft = f"{self.time_to_first_token * 1000:.0f} ms" if self.time_to_first_token is not None else "n/a"
         rate = f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second else "n/a"
         return (
             f"prompt {self.prompt_tokens} tokens ({self.cached_tokens} cached, "
             f"{self.prompt_tokens - self.cached_tokens} new), answer {self.new_tokens} tokens, "
-            f"first token {ttft}, {rate}" + (", cut" if self.cut else "")
+            f"first token {format_ms(self.time_to_first_token)}, {rate}" + (", cut" if self.cut else "")
         )
 
 
@@ -46,7 +48,7 @@ class ChatSession:
 
     model: Model
     system: str | None = None
-    sampling: dict = field(default_factory=dict)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     messages: list[Message] = field(default_factory=list)  # user/assistant turns, oldest first
     stats: TurnStats | None = None
 
@@ -65,8 +67,7 @@ class ChatSession:
     def _answer_reserve(self) -> int:
         # Room kept for the answer when fitting the history; a huge max_new_tokens on a small context
         # would otherwise leave no room for any history at all.
-        wanted = self.sampling.get("max_new_tokens", 1024)
-        return min(wanted, self.model.context_length // 2)
+        return min(self.sampling.max_new_tokens, self.model.context_length // 2)
 
     def _fit(self, message: Message) -> tuple[list[Message], int]:
         """The turns to keep so that history + message + answer fit, and how many were dropped.
@@ -107,7 +108,7 @@ class ChatSession:
     def _stream(self, kept: list[Message], message: Message, stats: TurnStats) -> Iterator[GenerationResponse]:
         previous, self.messages = self.messages, kept + [message]
         pieces: list[str] = []
-        stream = self.model.stream_generate(self.conversation(), **self.sampling)
+        stream = self.model.stream_generate(self.conversation(), sampling=self.sampling)
         try:
             for chunk in stream:
                 pieces.append(chunk.text)

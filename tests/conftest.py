@@ -17,7 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # What an export depends on; changes elsewhere (the engine, the server) keep the cached exports.
-EXPORT_MODULES = ("catalog.py", "export.py", "gguf.py", "manifest.py", "synthetic.py", "calibrate.py", "eval/check.py")
+EXPORT_MODULES = (
+    "catalog.py",
+    "manifest.py",
+    "synthetic.py",
+    "build/recipe.py",
+    "build/export.py",
+    "build/gguf.py",
+    "build/calibrate.py",
+    "eval/check.py",
+)
 
 
 def _code_key() -> str:
@@ -61,9 +70,9 @@ def tiny_phi3_ov(tiny_phi3_dir: Path) -> Path:
     from dataclasses import asdict
 
     import ovchat
-    from ovchat.export import SEED_RECIPE
+    from ovchat.build.recipe import SAMPLE_RECIPE
 
-    return ovchat.export(str(tiny_phi3_dir), **asdict(SEED_RECIPE))
+    return ovchat.export(str(tiny_phi3_dir), **asdict(SAMPLE_RECIPE))
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +92,7 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_ov() -> Path:
     """The real SmolLM2-135M-Instruct, exported from its GGUF with the default recipe (once)."""
-    from ovchat.export import ensure_exported
+    from ovchat.build.export import ensure_exported
 
     return ensure_exported("smollm2-135m")
 

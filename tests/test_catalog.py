@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ovchat import OvchatError, Recipe, catalog
-from ovchat.export import SEED_RECIPE
+from ovchat.build.recipe import SAMPLE_RECIPE
 
 
 def test_aliases(ovchat_home):
@@ -51,12 +51,12 @@ def test_export_dir_is_keyed_by_source_and_recipe():
 
 
 def test_recipe_arguments_are_the_seeds():
-    assert SEED_RECIPE.optimum_args() == [
+    assert SAMPLE_RECIPE.optimum_args() == [
         "--weight-format", "int4", "--group-size", "128", "--ratio", "0.6", "--group-size-fallback", "adjust", "--sym",
     ]  # fmt: skip
     assert Recipe(weight_format="int8").optimum_args() == ["--weight-format", "int8"]
     assert Recipe(sym=False).tag == "int4-asym-g32-r0.5-awq-se"
-    assert SEED_RECIPE == Recipe(group_size=128, ratio=0.6, awq=False, scale_estimation=False)
+    assert SAMPLE_RECIPE == Recipe(group_size=128, ratio=0.6, awq=False, scale_estimation=False)
 
 
 @pytest.mark.parametrize("kwargs", [{"group_size": 0}, {"group_size": 96}, {"ratio": 0.0}, {"ratio": 1.01}])

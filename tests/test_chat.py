@@ -12,7 +12,7 @@ import sys
 import pexpect
 import pytest
 
-from ovchat import OvchatError
+from ovchat import OvchatError, SamplingParams
 from ovchat.session import ChatSession
 
 PROMPT = ">>> "
@@ -94,7 +94,7 @@ def test_ctrl_c_stops_an_answer_and_the_session_goes_on(smollm2_ov, tmp_path):
 
 @pytest.mark.slow
 def test_kv_cache_is_reused_across_turns(smollm2):
-    session = ChatSession(smollm2, system="You are a helpful assistant.", sampling={"max_new_tokens": 16})
+    session = ChatSession(smollm2, system="You are a helpful assistant.", sampling=SamplingParams(max_new_tokens=16))
     notes = "Here are my notes. " + "The quick brown fox jumps over the lazy dog. " * 60
     list(session.send(notes))
     first = session.stats
@@ -125,7 +125,7 @@ def test_piped_stdin_prints_only_the_answer(smollm2_ov):
 
 
 def test_context_policy_keeps_the_system_prompt(tiny_model):
-    session = ChatSession(tiny_model, system="You are terse.", sampling={"max_new_tokens": 16})
+    session = ChatSession(tiny_model, system="You are terse.", sampling=SamplingParams(max_new_tokens=16))
     dropped = 0
     for i in range(12):  # each turn is ~60 tokens: the 256-token window overflows again and again
         stream = session.send(f"message {i}: " + "hello there " * 8)
@@ -139,7 +139,7 @@ def test_context_policy_keeps_the_system_prompt(tiny_model):
 
 
 def test_oversize_message_is_an_error_and_the_session_goes_on(tiny_model):
-    session = ChatSession(tiny_model, sampling={"max_new_tokens": 16})
+    session = ChatSession(tiny_model, sampling=SamplingParams(max_new_tokens=16))
     list(session.send("Hi"))
     with pytest.raises(OvchatError, match=r"this message is \d+ tokens; the context holds 256"):
         session.send("hello " * 300)

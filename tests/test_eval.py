@@ -14,19 +14,12 @@ import pytest
 from helpers import run_cli
 
 from ovchat import OvchatError, precision
-from ovchat.eval import (
-    DEFAULT_PROMPTS,
-    DEFAULT_TEXT,
-    OpenVINOLogits,
-    TorchLogits,
-    evaluate,
-    log_softmax,
-    report,
-    sliding_logits,
-    windows,
-)
+from ovchat.eval import report
 from ovchat.eval.answers import Embedder, load_prompts
-from ovchat.eval.metrics import Tally
+from ovchat.eval.evaluate import evaluate
+from ovchat.eval.logits import OpenVINOLogits, TorchLogits, sliding_logits, windows
+from ovchat.eval.metrics import Tally, log_softmax
+from ovchat.eval.scoring import DEFAULT_PROMPTS, DEFAULT_TEXT
 
 # The tiny Phi-3 is wired to continue "\n" → "Hello" → " world" → "!" → <|end|>: a text it predicts well.
 CHAIN_TEXT = "\nHello world!<|end|>" * 30

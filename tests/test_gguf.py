@@ -9,8 +9,8 @@ import gguf
 import numpy as np
 import pytest
 
+from ovchat.build.gguf import SUPPORTED_ARCHITECTURES, build_tokenizer, check_gguf, gguf_to_hf, read_gguf_metadata
 from ovchat.errors import OvchatError
-from ovchat.gguf import SUPPORTED_ARCHITECTURES, build_tokenizer, check_gguf, gguf_to_hf, read_gguf_metadata
 
 # Text that trips tokenizers up: leading, repeated and trailing whitespace, tabs, accents, CJK, emoji, digits.
 TRICKY = [

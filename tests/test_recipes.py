@@ -10,15 +10,15 @@ from helpers import run_cli
 
 import ovchat
 from ovchat import OvchatError, Recipe
-from ovchat.calibrate import CALIBRATION_TEXT, calibration_samples, quantization_config
+from ovchat.build.calibrate import CALIBRATION_TEXT, calibration_samples, quantization_config
+from ovchat.build.inventory import recipe_tag
+from ovchat.build.recipe import SAMPLE_RECIPE
 from ovchat.eval import check
-from ovchat.export import SEED_RECIPE
-from ovchat.inventory import recipe_tag
 
 
 def test_recipe_tags_name_the_data_aware_steps():
     assert Recipe().tag == "int4-sym-g32-r0.5-awq-se"  # the default, chosen in benchmarks/recipes.py
-    assert SEED_RECIPE.tag == "int4-sym-g128-r0.6" and not SEED_RECIPE.data_aware
+    assert SAMPLE_RECIPE.tag == "int4-sym-g128-r0.6" and not SAMPLE_RECIPE.data_aware
     assert Recipe(group_size=128, ratio=1.0, awq=False).tag == "int4-sym-g128-r1-se"
     assert Recipe(awq=True, scale_estimation=False).data_aware
 
@@ -68,9 +68,9 @@ def test_quantization_config_says_what_optimum_intel_needs():
 
 
 def test_hints_point_to_the_next_recipe_to_try():
-    assert "--awq --scale-estimation" in check.hint(SEED_RECIPE)
-    assert "--ratio 0.4" in check.hint(SEED_RECIPE)
-    assert "--group-size 32" in check.hint(SEED_RECIPE)
+    assert "--awq --scale-estimation" in check.hint(SAMPLE_RECIPE)
+    assert "--ratio 0.4" in check.hint(SAMPLE_RECIPE)
+    assert "--group-size 32" in check.hint(SAMPLE_RECIPE)
     assert "--awq" not in check.hint(Recipe()) and "--group-size" not in check.hint(Recipe())
     assert "--ratio 0.3" in check.hint(Recipe())
     assert "fp16" in check.hint(Recipe(weight_format="int8"))

@@ -116,7 +116,7 @@ def test_loads_in_optimum_intel_as_the_seed_does(smollm2_ov, tmp_path):
 
 def test_prompt_lookup_gives_the_same_answer_in_fewer_steps(smollm2, smollm2_ov):
     import ovchat
-    from ovchat.eval import DEFAULT_TEXT
+    from ovchat.eval.scoring import DEFAULT_TEXT
 
     quoted = " ".join(DEFAULT_TEXT.read_text()[3000:3600].split())
     # Quoted, then asked for: the greedy answer copies the paragraph at length on every precision measured

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import engine
+from .. import runtime
+from ..config import DEFAULT_DEVICE
 from ..errors import OvchatError, describe
 
 CHECK_TOKENS = 1024  # of the shipped Alice chapters: three windows of 512, under 20 s for a 135M model
@@ -48,16 +49,16 @@ def hint(recipe) -> str:
     return "try " + ", or ".join(tips)
 
 
-def quick_check(folder: Path, source_hf: Path, tokens: int = CHECK_TOKENS, device: str = engine.DEFAULT_DEVICE) -> dict:
+def quick_check(folder: Path, source_hf: Path, tokens: int = CHECK_TOKENS, device: str = DEFAULT_DEVICE) -> dict:
     """Perplexity of `folder` (an OpenVINO export) and of `source_hf` (its float original) on the same
     tokens; the paired ratio with its standard error, top-1 agreement and KL."""
     import openvino_genai as ov_genai
 
-    from . import DEFAULT_TEXT, DEFAULT_WINDOW, read_text, score_text
     from .logits import OpenVINOLogits, TorchLogits
+    from .scoring import DEFAULT_TEXT, DEFAULT_WINDOW, read_text, score_text
 
     started = time.perf_counter()
-    ids = engine.encode(ov_genai.Tokenizer(str(folder)), read_text(DEFAULT_TEXT))[:tokens]
+    ids = runtime.encode(ov_genai.Tokenizer(str(folder)), read_text(DEFAULT_TEXT))[:tokens]
     model = OpenVINOLogits(folder, device)
     try:
         ref = TorchLogits(source_hf)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import catalog, engine, manifest
+from .. import catalog, manifest, runtime
+from ..config import DEFAULT_CONTEXT_LENGTH, DEFAULT_DEVICE
 from ..errors import OvchatError, describe, print_nothing
 from ..precision import choose as choose_precision
 from ..precision import reported as reported_precision
@@ -77,7 +78,7 @@ class OpenVINOLogits:
     def __init__(
         self,
         folder: Path,
-        device: str = engine.DEFAULT_DEVICE,
+        device: str = DEFAULT_DEVICE,
         config: dict | None = None,
         stepwise=False,
         precision: str | None = None,
@@ -89,14 +90,14 @@ class OpenVINOLogits:
         chosen = choose_precision(device, precision, purpose=purpose, config=config)
         try:
             compiled = ov.Core().compile_model(
-                self.folder / "openvino_model.xml", device, engine.runtime_properties(config, None, chosen)
+                self.folder / "openvino_model.xml", device, runtime.runtime_properties(config, None, chosen)
             )
         except RuntimeError as exc:
             raise OvchatError(f"OpenVINO could not compile {self.folder} on {device}: {describe(exc)}") from None
         self._inputs = {i.get_any_name() for i in compiled.inputs}
         self._request = compiled.create_infer_request()
         self.vocab_size = compiled.output("logits").get_partial_shape()[-1].get_length()
-        self.context_length = engine.context_length(self.folder)
+        self.context_length = runtime.context_length(self.folder)
         self.precision = reported_precision(compiled)
 
     def _infer(self, ids: Sequence[int], offset: int) -> np.ndarray:
@@ -158,7 +159,7 @@ class TorchLogits:
         except (OSError, ValueError) as exc:
             raise OvchatError(f"transformers could not load the reference {self.folder}: {describe(exc)}") from None
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
-        self.context_length = getattr(self.model.config, "max_position_embeddings", engine.DEFAULT_CONTEXT_LENGTH)
+        self.context_length = getattr(self.model.config, "max_position_embeddings", DEFAULT_CONTEXT_LENGTH)
         self.precision = {"inference": "f32", "kv_cache": "f32", "dynamic_quantization": 0}
 
     def __call__(self, ids: Sequence[int]) -> np.ndarray:
@@ -226,7 +227,7 @@ def reference_source(model_folder: Path, reference: str | None) -> catalog.Sourc
 
 
 def open_reference(
-    source: catalog.Source, device: str = engine.DEFAULT_DEVICE, log=print_nothing, precision: str | None = None
+    source: catalog.Source, device: str = DEFAULT_DEVICE, log=print_nothing, precision: str | None = None
 ):
     """A scorer for a reference source: an exported folder runs in OpenVINO, anything else in transformers fp32."""
     if source.kind == "exported":

@@ -12,7 +12,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,11 +24,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from .. import engine
+from .. import runtime
+from ..config import DEFAULT_MAX_NEW_TOKENS
 from ..errors import OvchatError
+from ..sampling import StopMatcher
 from . import protocol
 from .batching import BatchEngine, EngineUnavailable, Job, Overloaded
-from .detok import IncrementalDecoder, StopMatcher
+from .detok import IncrementalDecoder
 from .metrics import Metrics
 from .page import add_page
 from .protocol import ApiError
@@ -45,7 +46,7 @@ class Settings:
     api_key: str | None = None
     max_concurrency: int = 8
     max_queue: int = 32
-    max_tokens_limit: int = engine.DEFAULT_MAX_NEW_TOKENS
+    max_tokens_limit: int = DEFAULT_MAX_NEW_TOKENS
     context_length: int | None = None  # cap below the model's own (saves KV cache memory)
     kv_cache_gb: int | None = None
     precision: str | None = None  # inference precision (default: ovchat.precision's batch-invariant choice)
@@ -78,17 +79,17 @@ class Served:
         import openvino_genai as ov_genai
 
         tokenizer = ov_genai.Tokenizer(str(path))
-        config = engine.model_config(path)
-        generation = engine.read_json(path / "generation_config.json")
+        config = runtime.model_config(path)
+        generation = runtime.read_json(path / "generation_config.json")
         configured = generation.get("eos_token_id", [])
-        stops = engine.stop_token_ids(tokenizer, configured if isinstance(configured, list) else [configured])
-        context = engine.context_length(path)
+        stops = runtime.stop_token_ids(tokenizer, configured if isinstance(configured, list) else [configured])
+        context = runtime.context_length(path)
         if context_cap:
             context = min(context, context_cap)
         vocab = config.get("vocab_size") if isinstance(config.get("vocab_size"), int) else None
         vocab = vocab or len(tokenizer.get_vocab_vector())
         created = int(path.stat().st_mtime)
-        return cls(engine.model_name(path, info), path, context, tokenizer, stops, vocab, created, config)
+        return cls(runtime.model_name(path, info), path, context, tokenizer, stops, vocab, created, config)
 
     def kv_bytes_per_token(self, precision: str) -> int:
         config = self.config
@@ -383,10 +384,10 @@ def create_app(served: Served, batch: BatchEngine, settings: Settings):
 
     def chat_ids(messages: list[dict]) -> list[int]:
         try:
-            prompt = engine.render(served.tokenizer, served.name, messages)
+            prompt = runtime.render(served.tokenizer, served.name, messages)
         except OvchatError as exc:
             raise ApiError(400, str(exc), "messages") from None
-        return engine.encode(served.tokenizer, prompt, add_special_tokens=False)
+        return runtime.encode(served.tokenizer, prompt, add_special_tokens=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -401,7 +402,7 @@ def create_app(served: Served, batch: BatchEngine, settings: Settings):
         req = protocol.parse(protocol.CompletionRequest, await read_json(request))
         check_model(req.model)
         if isinstance(req.prompt, str):
-            ids = await asyncio.to_thread(engine.encode, served.tokenizer, req.prompt)
+            ids = await asyncio.to_thread(runtime.encode, served.tokenizer, req.prompt)
         else:
             bad = next((t for t in req.prompt if not 0 <= t < served.vocab_size), None)
             if bad is not None:
@@ -428,20 +429,8 @@ def create_app(served: Served, batch: BatchEngine, settings: Settings):
         # Documented choice: an answer that would not fit (or passes the server's limit) is clamped and
         # ends with finish_reason "length".
         budget = min(asked or settings.max_tokens_limit, settings.max_tokens_limit, context - len(ids))
-        config = {
-            "max_new_tokens": budget,
-            "stop_token_ids": sorted(served.stop_ids),
-            "temperature": req.temperature or 0.0,  # greedy unless asked, as `ovchat generate`
-            "top_p": req.top_p if req.top_p is not None else 1.0,
-            "top_k": req.top_k or 0,
-            "presence_penalty": req.presence_penalty or 0.0,
-            "frequency_penalty": req.frequency_penalty or 0.0,
-            # Unseeded sampling must differ between requests: GenAI's default seed is a constant.
-            "rng_seed": secrets.randbits(63) if req.seed is None else req.seed % 2**63,
-            "json_schema": schema,
-        }
         try:
-            job = batch.submit(ids, config)
+            job = batch.submit(ids, req.sampling(budget, schema))
         except Overloaded:
             raise ApiError(
                 503,

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import OvchatError
+from ..sampling import SamplingParams
 from . import engine_process
 
 
@@ -40,7 +41,7 @@ class Job:
 
     rid: int
     ids: list[int]
-    config: dict
+    sampling: SamplingParams
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     submitted: float = field(default_factory=time.perf_counter)
     state: str = "waiting"  # waiting | running | done
@@ -54,7 +55,16 @@ class BatchEngine:
     """Starts the engine process and shares it between requests: at most `max_running` in it at once,
     at most `max_waiting` more queued in arrival order; beyond that, `Overloaded` at once."""
 
-    def __init__(self, path, device: str, properties: dict, scheduler: dict, max_running: int, max_waiting: int):
+    def __init__(
+        self,
+        path,
+        device: str,
+        properties: dict,
+        scheduler: dict,
+        stop_ids: list[int],
+        max_running: int,
+        max_waiting: int,
+    ):
         self.max_running, self.max_waiting = max_running, max_waiting
         self.state = "loading"  # loading | ready | broken | closed
         self.closing = False  # draining for shutdown: /health says so, requests in flight go on
@@ -72,7 +82,7 @@ class BatchEngine:
         self._from_engine, engine_out = context.Pipe(duplex=False)
         self._process = context.Process(
             target=engine_process.main,
-            args=(engine_in, engine_out, str(path), device, properties, scheduler),
+            args=(engine_in, engine_out, str(path), device, properties, scheduler, stop_ids),
             name="ovchat-engine",
             daemon=True,
         )
@@ -175,13 +185,13 @@ class BatchEngine:
             self.last_progress = time.monotonic()  # an idle engine is not a stalled one
         job.state = "running"
         self.running[job.rid] = job
-        self._outbox.put(("add", job.rid, job.ids, job.config))
+        self._outbox.put(("add", job.rid, job.ids, job.sampling))
 
-    def submit(self, ids: list[int], config: dict) -> Job:
+    def submit(self, ids: list[int], sampling: SamplingParams) -> Job:
         """Admit a request (running at once or queued), or raise Overloaded / EngineUnavailable."""
         if self.state != "ready":
             raise EngineUnavailable(self.state)
-        job = Job(next(self._ids), ids, config)
+        job = Job(next(self._ids), ids, sampling)
         if len(self.running) < self.max_running and not self.waiting:
             self._start(job)
         elif len(self.waiting) < self.max_waiting:
@@ -198,9 +208,6 @@ class BatchEngine:
             self._finish(job, Update([], "cancelled"))
         elif job.state == "running":
             self._outbox.put(("cancel", job.rid))
-
-    def busy(self) -> bool:
-        return bool(self.running or self.waiting)
 
     def close(self, timeout: float = 10) -> None:
         if self.state != "broken":

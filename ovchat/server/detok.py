@@ -1,4 +1,4 @@
-"""Token ids to text as they arrive: whole characters only, and stop strings cut exactly."""
+"""Token ids to text as they arrive: whole characters only (stop strings: ovchat.sampling.StopMatcher)."""
 
 from __future__ import annotations
 
@@ -39,31 +39,3 @@ class IncrementalDecoder:
         """What is still held back at the end (a character the budget cut in half is dropped)."""
         text = self._decode(self.ids[self.start :]).rstrip("\ufffd")
         return text[len(self.shown) :] if text.startswith(self.shown) else ""
-
-
-class StopMatcher:
-    """Cuts text at the first stop string, holding back any tail that could still become one."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.pending = ""
-        self.stopped = False
-
-    def push(self, text: str) -> str:
-        """The text that is safe to emit now; after a stop string, nothing more."""
-        if self.stopped or not self.stops:
-            return "" if self.stopped else text
-        self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            out, self.pending = self.pending[: min(hits)], ""
-            return out
-        cut = max(len(self.pending) - self.hold, 0)
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return "" if self.stopped else out

@@ -6,9 +6,9 @@ for tens of milliseconds at a time. Here it owns the GIL, and a crash cannot tak
 down with it.
 
 Protocol over two one-way pipes (tuples, pickled by multiprocessing):
-  server → engine  ("add", rid, token_ids, config)  ("cancel", rid)  ("close",)
+  server → engine  ("add", rid, token_ids, SamplingParams)  ("cancel", rid)  ("close",)
   engine → server  ("ready", info)  ("fatal", message)
-                   ("step", [(rid, new_token_ids, finish), ...], seconds_spent_stepping)
+                   ("step", [(rid, new_token_ids, finish), ...])
 finish: None while running, then "stop" | "length" | "cancelled" | "error:<message>"
         | "error:schema:<message>" (the request's JSON schema broke the grammar compiler).
 """
@@ -18,30 +18,10 @@ from __future__ import annotations
 import re
 import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-
-def generation_config(config: dict):
-    import openvino_genai as ov_genai
-
-    out = ov_genai.GenerationConfig()
-    out.max_new_tokens = config["max_new_tokens"]
-    out.stop_token_ids = set(config["stop_token_ids"])
-    out.presence_penalty = config.get("presence_penalty", 0.0)
-    out.frequency_penalty = config.get("frequency_penalty", 0.0)
-    out.repetition_penalty = config.get("repetition_penalty", 1.0)
-    if config.get("temperature", 0.0) > 0:
-        out.do_sample = True
-        out.temperature = config["temperature"]
-        out.top_p = config.get("top_p", 1.0)
-        out.top_k = config.get("top_k") or out.top_k
-        if config.get("rng_seed") is not None:
-            out.rng_seed = config["rng_seed"]
-    if config.get("json_schema") is not None:
-        out.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=config["json_schema"])
-    return out
+from ..sampling import SamplingParams, generation_config
 
 
 def _pipeline(path: str, device: str, properties: dict, scheduler: dict):
@@ -53,7 +33,15 @@ def _pipeline(path: str, device: str, properties: dict, scheduler: dict):
     return ov_genai.ContinuousBatchingPipeline(path, sched, device, properties)
 
 
-def main(inbox: Connection, outbox: Connection, path: str, device: str, properties: dict, scheduler: dict) -> None:
+def main(
+    inbox: Connection,
+    outbox: Connection,
+    path: str,
+    device: str,
+    properties: dict,
+    scheduler: dict,
+    stop_ids: list[int],
+) -> None:
     # The server decides when to stop (it finishes in-flight requests first); a Ctrl-C or SIGTERM sent
     # to the whole process group must not kill generation under it. EOF on the pipe ends us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -66,7 +54,7 @@ def main(inbox: Connection, outbox: Connection, path: str, device: str, properti
         return
     outbox.send(("ready", {}))
     try:
-        _loop(inbox, outbox, _Engine(pipe, lambda: _pipeline(path, device, properties, scheduler)))
+        _loop(inbox, outbox, _Engine(pipe, lambda: _pipeline(path, device, properties, scheduler), stop_ids))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass
 
@@ -97,7 +85,7 @@ def _line(exc: BaseException) -> str:
 class _Request:
     handle: object
     ids: list[int]  # the prompt
-    config: dict
+    sampling: SamplingParams
     generated: list[int] = field(default_factory=list)
     cancelled: bool = False
 
@@ -107,33 +95,33 @@ class _Engine:
     known cause) leaves the pipeline unusable: the requests added with a schema since the last good
     step fail, the pipeline is rebuilt, and the others resume where they were."""
 
-    def __init__(self, pipe, rebuild):
+    def __init__(self, pipe, rebuild, stop_ids: list[int]):
         import openvino_genai as ov_genai
 
-        self.pipe, self.rebuild = pipe, rebuild
-        self.spent = 0.0  # seconds the last step took
+        self.pipe, self.rebuild, self.stop_ids = pipe, rebuild, stop_ids
         self.requests: dict[int, _Request] = {}
         self.fresh: set[int] = set()  # added since the last good step
         self.running = ov_genai.GenerationStatus.RUNNING
         self.finished = ov_genai.GenerationStatus.FINISHED
         self.reasons = {ov_genai.GenerationFinishReason.STOP: "stop", ov_genai.GenerationFinishReason.LENGTH: "length"}
 
-    def add(self, rid: int, ids: list[int], config: dict, generated: list[int] | None = None) -> str | None:
+    def add(self, rid: int, ids: list[int], sampling: SamplingParams, generated: list[int] | None = None) -> str | None:
         """Put a request in the pipeline (resuming after `generated`); an error finish if it cannot be."""
         import numpy as np
         import openvino as ov
 
         generated = generated or []
-        left = config["max_new_tokens"] - len(generated)
+        left = sampling.max_new_tokens - len(generated)
         if left <= 0:
             return "length"
         try:
             tensor = ov.Tensor(np.asarray([ids + generated], dtype=np.int64))
-            handle = self.pipe.add_request(rid, tensor, generation_config({**config, "max_new_tokens": left}))
+            config = generation_config(sampling, self.stop_ids, max_new_tokens=left)
+            handle = self.pipe.add_request(rid, tensor, config)
         except Exception as exc:  # noqa: BLE001 (a request the pipeline refuses fails alone)
             _log(f"request {rid} refused: {_line(exc)}")
             return "error:the engine refused this request"
-        self.requests[rid] = _Request(handle, ids, config, generated)
+        self.requests[rid] = _Request(handle, ids, sampling, generated)
         self.fresh.add(rid)
         return None
 
@@ -144,7 +132,6 @@ class _Engine:
             request.cancelled = True
 
     def step(self) -> list[tuple]:
-        started = time.perf_counter()
         try:
             self.pipe.step()
         except Exception as exc:  # noqa: BLE001
@@ -169,13 +156,12 @@ class _Engine:
                 updates.append((rid, new, finish))
             if finish:
                 del self.requests[rid]
-        self.spent = time.perf_counter() - started
         return updates
 
     def _recover(self, exc: Exception) -> list[tuple]:
         problem = _line(exc)
         _log(f"a step failed, rebuilding the pipeline: {problem}")
-        suspects = {rid for rid in self.fresh if self.requests[rid].config.get("json_schema")}
+        suspects = {rid for rid in self.fresh if self.requests[rid].sampling.json_schema is not None}
         updates = []
         for rid in suspects or set(self.requests):
             finish = f"error:schema:{problem}" if suspects else "error:the engine failed"
@@ -187,9 +173,8 @@ class _Engine:
         for rid, request in survivors.items():
             if request.cancelled:
                 updates.append((rid, [], "cancelled"))
-            elif finish := self.add(rid, request.ids, request.config, request.generated):
+            elif finish := self.add(rid, request.ids, request.sampling, request.generated):
                 updates.append((rid, [], finish))
-        self.spent = 0.0
         return updates
 
 
@@ -207,8 +192,8 @@ def _loop(inbox: Connection, outbox: Connection, engine: _Engine) -> None:
             if message[0] == "cancel":
                 engine.cancel(message[1])
             elif finish := engine.add(*message[1:]):
-                outbox.send(("step", [(message[1], [], finish)], 0.0))
+                outbox.send(("step", [(message[1], [], finish)]))
         if engine.requests:
             updates = engine.step()
             if updates:
-                outbox.send(("step", updates, engine.spent))
+                outbox.send(("step", updates))

@@ -11,8 +11,9 @@ import socket
 
 import uvicorn
 
-from .. import engine
+from .. import runtime
 from ..errors import OvchatError, describe
+from ..loader import prepare
 from ..precision import Precision, not_batch_invariant
 from ..precision import choose as choose_precision
 from .app import Served, Settings, create_app, is_loopback
@@ -55,7 +56,7 @@ def serve(model: str, device: str, settings: Settings, *, cache_dir: str | None 
     # A bad precision, then a broken model folder, fail here, before any port opens.
     purpose = "batch-invariant" if settings.batch_invariant else "speed"
     chosen = choose_precision(device, settings.precision, settings.kv_cache_precision, purpose=purpose)
-    path, info = engine.prepare(model, device, log=say)
+    path, info = prepare(model, device, log=say)
     served = Served.load(path, info, settings.context_length)
     sock = _bind(settings.host, settings.port)
     try:
@@ -67,9 +68,11 @@ def serve(model: str, device: str, settings: Settings, *, cache_dir: str | None 
 def _serve_on(
     sock, path, device: str, served: Served, settings: Settings, chosen: Precision, cache_dir: str | None, say
 ) -> int:
-    properties = engine.runtime_properties(None, cache_dir, chosen)
+    properties = runtime.runtime_properties(None, cache_dir, chosen)
     scheduler = _scheduler(served, settings, chosen.kv_cache)
-    batch = BatchEngine(path, device, properties, scheduler, settings.max_concurrency, settings.max_queue)
+    batch = BatchEngine(
+        path, device, properties, scheduler, sorted(served.stop_ids), settings.max_concurrency, settings.max_queue
+    )
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     say(

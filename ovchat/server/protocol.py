@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..sampling import SamplingParams
 
 
 class ApiError(Exception):
@@ -112,6 +115,21 @@ class _Sampling(_Strict):
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def sampling(self, max_new_tokens: int, json_schema: str | None = None) -> SamplingParams:
+        """This request's sampling, with the budget the server granted."""
+        return SamplingParams(
+            max_new_tokens=max_new_tokens,
+            temperature=self.temperature or 0.0,  # greedy unless asked, as `ovchat generate`
+            top_p=self.top_p if self.top_p is not None else 1.0,
+            top_k=self.top_k or 0,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            # Unseeded sampling must differ between requests: GenAI's default seed is a constant.
+            seed=secrets.randbits(63) if self.seed is None else self.seed % 2**63,
+            stop=tuple(self.stops()),
+            json_schema=json_schema,
+        )
 
 
 class ChatRequest(_Sampling):

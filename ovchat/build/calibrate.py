@@ -1,7 +1,7 @@
 """Data-aware int4 (AWQ, scale estimation) calibrated on text that ships with ovchat.
 
 optimum-intel's command line takes only hub dataset names for calibration, and hubs are out of
-reach offline; its Python API takes a list of strings. `python -m ovchat.calibrate SRC OUT RECIPE`
+reach offline; its Python API takes a list of strings. `python -m ovchat.build.calibrate SRC OUT RECIPE`
 runs the same two steps as `optimum-cli export openvino` (export, then quantize the exported model)
 with the shipped calibration text, in a child process like the plain export.
 """
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
     from optimum.exporters.openvino.__main__ import _main_quantize, main_export
     from optimum.intel.openvino.configuration import OVConfig
 
-    from .export import TASK
+    from ..config import EXPORT_TASK
 
     samples = calibration_samples(CALIBRATION_TEXT.read_text(encoding="utf-8"))
     config = quantization_config(json.loads(recipe_json), samples)
@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
     main_export(
         model_name_or_path=source,
         output=output,
-        task=TASK,
+        task=EXPORT_TASK,
         ov_config=OVConfig(quantization_config=config),
         library_name="transformers",
         stateful=True,
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
     )
     _main_quantize(
         model_name_or_path=source,
-        task=TASK,
+        task=EXPORT_TASK,
         library_name="transformers",
         quantization_config=config,
         output=Path(output),

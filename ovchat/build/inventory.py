@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from . import catalog, manifest
-from .errors import OvchatError
-from .export import Recipe
+from .. import catalog, manifest
+from ..errors import OvchatError
+from .recipe import Recipe
 
 
 def recipe_tag(recipe: dict) -> str:

@@ -20,71 +20,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import catalog, manifest
-from .errors import OvchatError, describe, print_nothing
+from .. import catalog, manifest
+from ..config import DISK_FACTOR_FOLDER, DISK_FACTOR_GGUF, DISK_MARGIN_BYTES, EXPORT_TASK
+from ..errors import OvchatError, describe, print_nothing
+from .recipe import Recipe
 
-TASK = "text-generation-with-past"
-WEIGHT_FORMATS = ("int4", "int8", "fp16")
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How weights are compressed. The defaults are ovchat's: int4 sym group 32 for half of the layers
-    (the rest int8), with AWQ and scale estimation calibrated on a shipped text: the best quality per
-    byte among the fast recipes in benchmarks/results/recipes_smollm2*.md, by the rule in
-    docs/quality.md, and no slower than group 128 at Phi-3-mini's widths (docs/speed.md).
-    SEED_RECIPE is the Phi-3 sample's."""
-
-    weight_format: str = "int4"
-    group_size: int = 32
-    ratio: float = 0.5
-    sym: bool = True
-    # Data-aware int4, calibrated on the shipped calibration text (never the evaluation text).
-    awq: bool = True
-    scale_estimation: bool = True
-
-    def __post_init__(self) -> None:
-        if self.weight_format not in WEIGHT_FORMATS:
-            raise OvchatError(f"unknown weight format '{self.weight_format}': use one of {', '.join(WEIGHT_FORMATS)}")
-        if self.weight_format != "int4":
-            # int8 and fp16 have no int4 layers to calibrate: the data-aware defaults do not apply.
-            object.__setattr__(self, "awq", False)
-            object.__setattr__(self, "scale_estimation", False)
-        gs = self.group_size
-        if isinstance(gs, bool) or not isinstance(gs, int) or gs <= 0 or gs & (gs - 1):
-            raise OvchatError(f"group size must be a positive power of two (e.g. 32, 64, 128), not {gs}")
-        if not 0 < self.ratio <= 1:
-            raise OvchatError(f"ratio must be in (0, 1] (the share of layers in int4), not {self.ratio}")
-
-    @property
-    def data_aware(self) -> bool:
-        return self.awq or self.scale_estimation
-
-    @property
-    def tag(self) -> str:
-        if self.weight_format != "int4":
-            return self.weight_format
-        extra = "-awq" * self.awq + "-se" * self.scale_estimation
-        return f"int4-{'sym' if self.sym else 'asym'}-g{self.group_size}-r{self.ratio:g}{extra}"
-
-    def optimum_args(self) -> list[str]:
-        args = ["--weight-format", self.weight_format]
-        if self.weight_format == "int4":
-            # "adjust": layers the group size does not divide get the largest power of two that does.
-            args += [
-                "--group-size",
-                str(self.group_size),
-                "--ratio",
-                str(self.ratio),
-                "--group-size-fallback",
-                "adjust",
-            ]
-            args += ["--sym"] if self.sym else []
-        return args
-
-
-SEED_RECIPE = Recipe(group_size=128, ratio=0.6, awq=False, scale_estimation=False)  # as the sample's --sym
 
 
 def _need_export_extra() -> None:
@@ -107,11 +48,9 @@ def _bytes(path: Path) -> int:
 
 
 def _check_room(parent: Path, source: Path) -> None:
-    # GGUF weights are dequantised to float32 (~8x a 4-bit file) before export; an HF folder is read
-    # once and written smaller. Ask for that plus a margin before any long work starts.
+    # Asked for before any long work starts (see the factors in ovchat.config).
     size = _bytes(source)
-    need = size * 10 if source.is_file() else size * 2
-    need += 64 << 20
+    need = size * (DISK_FACTOR_GGUF if source.is_file() else DISK_FACTOR_FOLDER) + DISK_MARGIN_BYTES
     free = shutil.disk_usage(parent).free
     if free < need:
         raise OvchatError(
@@ -172,14 +111,14 @@ def _check_replaceable(target: Path, source: Path | None) -> None:
 
 
 def _run_optimum(source_dir: Path, out_dir: Path, recipe: Recipe, log_path: Path, log: Log) -> None:
-    # optimum-intel's own command, in a child process: exactly the seed's export, and the memory
+    # optimum-intel's own command, in a child process: exactly the sample's export, and the memory
     # of the float model is returned to the system when it ends.
     if recipe.data_aware:
-        cmd = [sys.executable, "-m", "ovchat.calibrate", str(source_dir), str(out_dir), json.dumps(asdict(recipe))]
+        cmd = [sys.executable, "-m", "ovchat.build.calibrate", str(source_dir), str(out_dir), json.dumps(asdict(recipe))]
         log(f"exporting with optimum-intel ({recipe.tag}, calibrated on shipped text); a small model takes minutes")
     else:
         cmd = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(source_dir)]
-        cmd += ["--task", TASK, *recipe.optimum_args(), str(out_dir)]
+        cmd += ["--task", EXPORT_TASK, *recipe.optimum_args(), str(out_dir)]
         log(f"exporting with optimum-intel ({recipe.tag}); a small model takes about a minute")
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
     with open(log_path, "w") as fh:
@@ -252,8 +191,8 @@ def export(
     group_size: int = Recipe.group_size,
     ratio: float = Recipe.ratio,
     sym: bool = Recipe.sym,
-    awq: bool = Recipe.awq,
-    scale_estimation: bool = Recipe.scale_estimation,
+    awq: bool | None = Recipe.awq,
+    scale_estimation: bool | None = Recipe.scale_estimation,
     force: bool = False,
     check: bool | None = None,
     log: Log = print_nothing,
@@ -319,7 +258,7 @@ def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, check: 
         spec = source.name if source.kind == "wheel" else source.location
         info = {
             "source": {"spec": spec, "kind": source.kind, "identity": source.identity},
-            "recipe": {**asdict(recipe), "task": TASK, "adjusted_group_sizes": adjusted},
+            "recipe": {**asdict(recipe), "task": EXPORT_TASK, "adjusted_group_sizes": adjusted},
             "weights": weights,
             "checks": checks,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -339,7 +278,7 @@ def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, check: 
 
 def _quality_check(folder: Path, hf_dir: Path, recipe: Recipe, check: bool | None, log: Log) -> dict | None:
     """Perplexity against the float source (see ovchat.eval.check); a warning and a hint when it lost too much."""
-    from .eval import check as quality
+    from ..eval import check as quality
 
     if check is False or (check is None and quality.source_float_bytes(hf_dir) > quality.AUTO_MAX_SOURCE_BYTES):
         if check is None:

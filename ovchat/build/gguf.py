@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ovchat.errors import OvchatError
+from ..errors import OvchatError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

@@ -1,0 +1,101 @@
+"""Facts of an exported folder and the OpenVINO runtime around it: config, context, tokens, stop ids,
+chat template, device and compile properties. No model is compiled here.
+
+Runtime only: this module imports OpenVINO's packages, never torch or optimum.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import catalog, manifest
+from .config import DEFAULT_CONTEXT_LENGTH, LATENCY_CONFIG
+from .errors import OvchatError, describe
+from .precision import Precision
+
+# End-of-turn markers of common chat formats; those present in a vocabulary stop generation.
+END_OF_TURN_TOKENS = ("<|end|>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|eom_id|>")
+
+Message = dict[str, str]
+
+
+def check_device(device: str) -> None:
+    import openvino as ov
+
+    available = ov.Core().available_devices
+    base = device.split(".")[0].split(":")[0]
+    if device in available or base in available or base in ("AUTO", "HETERO", "MULTI"):
+        return
+    raise OvchatError(f"unknown device '{device}': this machine has {', '.join(available)} (or AUTO)")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file of the exported folder, or {} when it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_config(folder: Path) -> dict:
+    """The exported folder's config.json (architecture sizes), or {}."""
+    return read_json(folder / "config.json")
+
+
+def context_length(folder: Path) -> int:
+    config = model_config(folder)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return DEFAULT_CONTEXT_LENGTH
+
+
+def model_name(path: Path, info: dict | None) -> str:
+    return (info or {}).get("source", {}).get("spec") or path.name
+
+
+def verify_folder(path: Path) -> dict | None:
+    """The folder's manifest once its files are checked whole, and the tokenizer OpenVINO GenAI needs."""
+    info = manifest.verify(path)
+    if not (path / "openvino_tokenizer.xml").is_file():
+        raise OvchatError(
+            f"{path} has no openvino_tokenizer.xml (OpenVINO GenAI needs it): re-export it with `ovchat export`"
+        )
+    return info
+
+
+def encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens).input_ids.data[0].tolist()
+
+
+def stop_token_ids(tokenizer, configured: Sequence[int] = ()) -> set[int]:
+    """The configured stop ids, eos, and the end-of-turn markers this vocabulary has as single tokens."""
+    stops = set(configured) | {tokenizer.get_eos_token_id()}
+    for marker in END_OF_TURN_TOKENS:
+        ids = encode(tokenizer, marker, add_special_tokens=False)
+        if len(ids) == 1:  # a single id means the vocabulary has it as a special token
+            stops.add(ids[0])
+    return {t for t in stops if t >= 0}
+
+
+def render(tokenizer, name: str, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    """The prompt text the model sees: the messages in the model's own chat template."""
+    try:
+        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt)
+    except RuntimeError as exc:  # no template, or the template itself refuses (e.g. no system role)
+        raise OvchatError(f"{name} cannot format these messages ({describe(exc)}); use raw mode") from None
+
+
+def runtime_properties(config: dict | None, cache_dir: str | None, precision: Precision | None = None) -> dict:
+    """The sample's latency config, the caller's additions, the precision (which wins: it was chosen with
+    the caller's additions in view) and the compiled-model cache ("" turns it off)."""
+    properties = {**LATENCY_CONFIG, **(config or {}), **(precision.properties() if precision else {})}
+    cache = str(catalog.compile_cache_dir()) if cache_dir is None else cache_dir
+    if cache:
+        # One cache folder per precision: OpenVINO's cache does not key its blobs on the inference
+        # precision, and serves (and runs) a bf16 blob to a later f32 request.
+        properties["CACHE_DIR"] = str(Path(cache) / precision.tag) if precision else cache
+    return properties
