@@ -1,8 +1,8 @@
-"""Time to first token as a conversation grows: ovchat's chat session vs the seed's path.
+"""Time to first token as a conversation grows: ovchat's chat session vs the sample's path.
 
-The seed (optimum-intel's OVModelForCausalLM + transformers' generate) re-reads the whole history
+The sample (optimum-intel's OVModelForCausalLM + transformers' generate) re-reads the whole history
 every turn; ovchat's session keeps the KV cache, so only the new message is read. Both run on the
-same exported folder and see the same conversation (ovchat's answers are replayed to the seed).
+same exported folder and see the same conversation (ovchat's answers are replayed to the sample's loop).
 
     .venv/bin/python benchmarks/chat_turns.py [--model smollm2-135m] [--turns 20] [--runs 3]
 
@@ -55,8 +55,8 @@ def ovchat_run(folder: Path, messages: list[str], max_new_tokens: int) -> tuple[
     return ttfts, session.conversation()
 
 
-def seed_run(folder: Path, conversation: list[dict], turns: list[int]) -> list[float]:
-    """The seed's loop: template the whole history, tokenize, generate (here one token: its TTFT)."""
+def sample_run(folder: Path, conversation: list[dict], turns: list[int]) -> list[float]:
+    """The sample's loop: template the whole history, tokenize, generate (here one token: its TTFT)."""
     from optimum.intel.openvino import OVModelForCausalLM
     from transformers import AutoConfig, AutoTokenizer
 
@@ -92,15 +92,15 @@ def main() -> None:
     folder = ensure_exported(args.model)
     turns = [t for t in REPORT_TURNS if t <= args.turns]
     messages = script(args.turns)
-    ours, seed, prompt_tokens = [], [], []
+    ours, sample, prompt_tokens = [], [], []
     for run in range(args.runs):
         # A fresh load each run: the pipeline's prefix cache must not carry over between runs.
         ttfts, conversation = ovchat_run(folder, messages, args.max_new_tokens)
         ours.append([ttfts[t - 1] for t in turns])
-        seed.append(seed_run(folder, conversation, turns))
+        sample.append(sample_run(folder, conversation, turns))
         print(
             f"run {run + 1}/{args.runs}: ovchat {[round(x * 1000) for x in ours[-1]]} ms, "
-            f"seed {[round(x * 1000) for x in seed[-1]]} ms",
+            f"sample {[round(x * 1000) for x in sample[-1]]} ms",
             flush=True,
         )
     model = ovchat.load(str(folder))
@@ -116,11 +116,11 @@ def main() -> None:
         f"Command: `.venv/bin/python benchmarks/chat_turns.py --model {args.model} --turns {args.turns} "
         f"--runs {args.runs}`",
         "",
-        "| turn | prompt tokens | ovchat (ms) | seed, OVModelForCausalLM (ms) | seed / ovchat | ovchat vs turn 1 |",
+        "| turn | prompt tokens | ovchat (ms) | sample, OVModelForCausalLM (ms) | sample / ovchat | ovchat vs turn 1 |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for i, t in enumerate(turns):
-        o, s = med(ours, i) * 1000, med(seed, i) * 1000
+        o, s = med(ours, i) * 1000, med(sample, i) * 1000
         lines.append(
             f"| {t} | {prompt_tokens[i]} | {o:.0f} | {s:.0f} | {s / o:.1f}× | {o / (med(ours, 0) * 1000):.2f}× |"
         )
@@ -129,7 +129,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(report)
-    raw = {"model": args.model, "turns": turns, "prompt_tokens": prompt_tokens, "ovchat_s": ours, "seed_s": seed}
+    raw = {"model": args.model, "turns": turns, "prompt_tokens": prompt_tokens, "ovchat_s": ours, "sample_s": sample}
     out.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
 
 

@@ -1,4 +1,4 @@
-"""The comparison we publish: ovchat against the seed's path, PyTorch and llama.cpp, on one machine.
+"""The comparison we publish: ovchat against the sample's path, PyTorch and llama.cpp, on one machine.
 
     .venv/bin/python benchmarks/compare.py --llama-python PY [--rounds 3]
 
@@ -6,9 +6,9 @@
 
 Engines, each in its own fresh process per round (rounds interleave the engines, so drift in the
 machine's speed spreads over all of them; medians are reported):
-- ovchat-seed: ovchat (OpenVINO GenAI) on the seed's recipe (int4 sym, group 128, ratio 0.6);
+- ovchat-sample: ovchat (OpenVINO GenAI) on the sample's recipe (int4 sym, group 128, ratio 0.6);
 - ovchat-best: ovchat on the recipe and runtime settings we ship as the best (see --best-*);
-- optimum: the seed's own path, optimum-intel OVModelForCausalLM + transformers generate, same IR;
+- optimum: the sample's own path, optimum-intel OVModelForCausalLM + transformers generate, same IR;
 - torch: transformers + PyTorch fp32, the unoptimised baseline;
 - llama.cpp: llama-cpp-python on the GGUF (the original Q4_1 file), same thread count;
 - ceiling: measured memory read bandwidth ÷ the bytes of weights one decode step reads.
@@ -121,11 +121,11 @@ def prepare_phi3_shape(args) -> dict:
 def engines(inputs: dict, args) -> dict[str, dict]:
     python = sys.executable
     chosen = {
-        "ovchat-seed": {
+        "ovchat-sample": {
             "engine": "ovchat",
             "model": str(inputs["seed"]),
             "python": python,
-            "weights": "int4/int8 mix (seed)",
+            "weights": "int4/int8 mix (sample)",
         },
         "ovchat-best": {
             "engine": "ovchat",
@@ -138,7 +138,7 @@ def engines(inputs: dict, args) -> dict[str, dict]:
             "engine": "optimum",
             "model": str(inputs["seed"]),
             "python": python,
-            "weights": "int4/int8 mix (seed)",
+            "weights": "int4/int8 mix (sample)",
         },
         "torch": {"engine": "torch", "model": str(inputs["hf"]), "python": python, "weights": "fp32"},
     }
@@ -288,7 +288,7 @@ def markdown(report: dict, lengths: list[int]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     by = {r["engine"]: r for r in report["rows"]}
     ratios = []
-    ours = "ovchat-best" if "ovchat-best" in by else "ovchat-seed"
+    ours = "ovchat-best" if "ovchat-best" in by else "ovchat-sample"
     best = by.get(ours)
     for other in ("llama.cpp", "optimum", "torch"):
         if best and other in by:

@@ -86,14 +86,14 @@ def _transformers_generate(model, new_tokens: int):
 
 
 def optimum_engine(spec: dict):
-    """The seed's path: optimum-intel's OVModelForCausalLM with the seed's latency config."""
+    """The sample's path: optimum-intel's OVModelForCausalLM with the sample's latency config."""
     from optimum.intel import OVModelForCausalLM
 
     config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "CACHE_DIR": spec["cache_dir"]}
     model = OVModelForCausalLM.from_pretrained(spec["model"], ov_config=config, device="CPU")
     from ovchat.precision import reported
 
-    ran = reported(model.request.get_compiled_model())  # OpenVINO's own choice: the seed sets none
+    ran = reported(model.request.get_compiled_model())  # OpenVINO's own choice: the sample sets none
     RAN_WITH["precision"] = f"{ran['inference']} inference, {ran['kv_cache']} KV cache"
     return _transformers_generate(model, spec["new_tokens"])
 

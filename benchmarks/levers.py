@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/levers.py --rounds 4 \\
         --case "seed=$HOME/.ovchat/models/smollm2-135m-int4-sym-g128-r0.6-…" \\
-        --case 'seed, no dynamic quantization=…-r0.6-…:{"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}'
+        --case 'sample recipe, no dynamic quantization=…-r0.6-…:{"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}'
 
 Each case is LABEL=FOLDER[:PROPERTIES-JSON]. Every case runs in a fresh process per round and the
 rounds interleave the cases, so a slow spell on a shared machine hits all of them alike; medians

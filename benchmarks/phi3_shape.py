@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--llama-python", help="python of a venv with llama-cpp-python (omit: no GGUF)")
     parser.add_argument("--llama-src", type=Path, help="llama-cpp-python's unpacked source distribution")
-    parser.add_argument("--recipe", default=None, help="another ovchat Recipe as JSON, exported beside the seed's")
+    parser.add_argument("--recipe", default=None, help="another ovchat Recipe as JSON, exported beside the sample's")
     args = parser.parse_args()
 
     import ovchat

@@ -42,7 +42,7 @@ AWQ_SE = {"awq": True, "scale_estimation": True}
 RECIPES = [
     {"weight_format": "fp16"},
     {"weight_format": "int8"},
-    {"group_size": 128, "ratio": 0.6, **PLAIN},  # the seed's: int4 sym, group 128, ratio 0.6 (the rest int8)
+    {"group_size": 128, "ratio": 0.6, **PLAIN},  # the sample's: int4 sym, group 128, ratio 0.6 (the rest int8)
     {"group_size": 128, "ratio": 1.0, **PLAIN},
     {"group_size": 64, "ratio": 1.0, **PLAIN},
     {"group_size": 128, "ratio": 1.0, "sym": False, **PLAIN},
@@ -50,7 +50,7 @@ RECIPES = [
     {"group_size": 128, "ratio": 1.0, "awq": True, "scale_estimation": False},
     {"group_size": 128, "ratio": 1.0, "awq": False, "scale_estimation": True},
     {"group_size": 128, "ratio": 1.0, **AWQ_SE},
-    {"group_size": 128, "ratio": 0.8, **AWQ_SE},  # the earlier default, first of the data-aware ones
+    {"group_size": 128, "ratio": 0.8, **AWQ_SE},  # the first of the data-aware ones
     {"group_size": 128, "ratio": 0.6, **AWQ_SE},
     # Added after the first table (recipes_smollm2_g32.md, docs/quality.md): group 32.
     {"group_size": 32, "ratio": 0.6, **AWQ_SE},

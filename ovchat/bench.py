@@ -27,6 +27,12 @@ FILLER = (
     "In the spring the water rose, and the children counted the boats that drifted by the bridge. "
 )
 METRICS = ("ttft_ms", "prefill_tok_s", "tpot_ms", "decode_tok_s")
+# What a run measures unless told: a short, a medium and a long prompt, each answered 5 times after
+# one discarded warm-up run.
+DEFAULT_PROMPT_TOKENS = (32, 512, 2048)
+DEFAULT_NEW_TOKENS = 128
+DEFAULT_RUNS = 5
+DEFAULT_WARMUP = 1
 
 
 def machine() -> dict:
@@ -76,10 +82,10 @@ def run(
     model: str,
     *,
     device: str = DEFAULT_DEVICE,
-    prompt_tokens: Sequence[int] = (32, 512, 2048),
-    new_tokens: int = 128,
-    runs: int = 5,
-    warmup: int = 1,
+    prompt_tokens: Sequence[int] = DEFAULT_PROMPT_TOKENS,
+    new_tokens: int = DEFAULT_NEW_TOKENS,
+    runs: int = DEFAULT_RUNS,
+    warmup: int = DEFAULT_WARMUP,
     cache_dir: str | None = None,
     config: dict | None = None,
     precision: str | None = None,

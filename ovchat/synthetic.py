@@ -1,6 +1,6 @@
 """Random models of a real architecture, built in-process (no download).
 
-Tests use a tiny Phi-3 to exercise the seed model's architecture and chat format; benchmarks use a
+Tests use a tiny Phi-3 to exercise the sample's model's architecture and chat format; benchmarks use a
 full-width one, since speed does not depend on the weight values.
 """
 

@@ -66,7 +66,7 @@ def tiny_phi3_dir(ovchat_home: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_phi3_ov(tiny_phi3_dir: Path) -> Path:
-    """The tiny Phi-3 exported with the seed's recipe (int4 sym, group 128, ratio 0.6)."""
+    """The tiny Phi-3 exported with the sample's recipe (int4 sym, group 128, ratio 0.6)."""
     from dataclasses import asdict
 
     import ovchat

@@ -129,3 +129,22 @@ def answers_alone_and_together(server: Server, prompts: list[str], max_tokens: i
     if errors:
         raise errors[0]
     return solo, together
+
+
+def copying_converter(prebuilt, pause: float = 0.0):
+    """An export converter (ovchat.build.export.Converter) that copies an exported folder's files and
+    then waits `pause` seconds: everything around conversion (room, lock, self-check on OpenVINO,
+    manifest, atomic publish, kills) runs for real, without optimum-intel's minute."""
+    import shutil
+    import time
+    from pathlib import Path
+
+    from ovchat.catalog import MANIFEST_NAME
+
+    def convert(source_dir, out_dir, recipe, log_path, log) -> None:
+        for item in Path(prebuilt).iterdir():
+            if item.is_file() and item.name != MANIFEST_NAME:
+                shutil.copy2(item, Path(out_dir) / item.name)
+        time.sleep(pause)
+
+    return convert

@@ -43,11 +43,11 @@ def test_models_home_follows_the_environment(monkeypatch, tmp_path):
 
 def test_export_dir_is_keyed_by_source_and_recipe():
     source = catalog.resolve("phi-3-mini")
-    seed = catalog.export_dir(source, Recipe().tag)
-    assert seed == catalog.export_dir(catalog.resolve("phi-3-mini"), Recipe().tag)
-    assert seed.name.startswith("phi-3-mini-int4-sym-g32-r0.5-awq-se-")
-    assert seed != catalog.export_dir(source, Recipe(ratio=1.0).tag)
-    assert seed != catalog.export_dir(catalog.resolve("qwen2.5-0.5b"), Recipe().tag)
+    default = catalog.export_dir(source, Recipe().tag)
+    assert default == catalog.export_dir(catalog.resolve("phi-3-mini"), Recipe().tag)
+    assert default.name.startswith("phi-3-mini-int4-sym-g32-r0.5-awq-se-")
+    assert default != catalog.export_dir(source, Recipe(ratio=1.0).tag)
+    assert default != catalog.export_dir(catalog.resolve("qwen2.5-0.5b"), Recipe().tag)
 
 
 def test_recipe_arguments_are_the_seeds():

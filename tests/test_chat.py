@@ -147,6 +147,7 @@ def test_oversize_message_is_an_error_and_the_session_goes_on(tiny_model):
     assert "".join(c.text for c in session.send("Hi again")) == "Hello world!"
 
 
+@pytest.mark.slow  # a real terminal or child process
 def test_repl_notices_drops_and_errors(tiny_phi3_ov):
     child = spawn("--model", str(tiny_phi3_ov), "--max-new-tokens", "16", "--system", "Be brief.", "--verbose")
     outputs = [say(child, "hello there " * 10 + str(i)) for i in range(8)]
@@ -163,6 +164,7 @@ def test_repl_notices_drops_and_errors(tiny_phi3_ov):
     assert ends_cleanly(child) == 0
 
 
+@pytest.mark.slow  # a real terminal or child process
 def test_multi_line_input_and_slash_escape(tiny_phi3_ov, tmp_path):
     child = spawn("--model", str(tiny_phi3_ov))
     child.sendline("first line \\")
@@ -185,6 +187,7 @@ def test_multi_line_input_and_slash_escape(tiny_phi3_ov, tmp_path):
     assert ends_cleanly(child) == 0
 
 
+@pytest.mark.slow  # a real terminal or child process
 def test_ctrl_c_works_when_started_with_sigint_ignored(tiny_phi3_ov):
     # A background job of a script starts with SIGINT ignored; the chat must still hear Ctrl-C.
     child = spawn(
@@ -198,6 +201,7 @@ def test_ctrl_c_works_when_started_with_sigint_ignored(tiny_phi3_ov):
     assert ends_cleanly(child) == 0
 
 
+@pytest.mark.slow  # a real terminal or child process
 def test_bad_transcript_is_an_error_not_a_crash(tiny_phi3_ov, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('[{"role": "wizard", "content": "x"}]')
@@ -212,6 +216,7 @@ def test_bad_transcript_is_an_error_not_a_crash(tiny_phi3_ov, tmp_path):
     assert ends_cleanly(child) == 0
 
 
+@pytest.mark.slow  # a real terminal or child process
 def test_piped_stdin_on_tiny(tiny_phi3_ov):
     def pipe(text: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "ovchat.cli", "chat", "--model", str(tiny_phi3_ov)]

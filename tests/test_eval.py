@@ -297,7 +297,7 @@ def test_real_model_against_its_fp32_original(smollm2_ov):
     assert 5 < ref < 60  # SmolLM2-135M on Alice, float32
     # The paired ratio is the two perplexities' ratio (same tokens), and int4 measurably loses:
     # 1.051 ± 0.015 on these 600 tokens with the default recipe (int4 sym g128 r0.8 + AWQ + SE gave
-    # 1.119 ± 0.024, the seed's 1.205 ± 0.032), so 1.01 is under three standard errors below.
+    # 1.119 ± 0.024, the sample's 1.205 ± 0.032), so 1.01 is under three standard errors below.
     assert row["ppl_ratio"]["value"] == pytest.approx(row["perplexity"]["value"] / ref, rel=1e-9)
     assert 1.01 < row["ppl_ratio"]["value"] < 1.5
     assert 0.6 < row["top1_agreement"]["value"] < 1.0 and 0 < row["kl"]["mean"] < 0.5

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from helpers import run_cli
+from helpers import copying_converter, run_cli
 
 import ovchat
 from ovchat import OvchatError, Recipe
@@ -25,7 +25,12 @@ def test_recipe_tags_name_the_data_aware_steps():
 
 def test_formats_without_int4_layers_have_nothing_to_calibrate():
     assert Recipe(weight_format="int8").tag == "int8" and not Recipe(weight_format="int8").data_aware
-    assert not Recipe(weight_format="fp16", awq=True).awq
+    # Asked for explicitly, calibration without int4 layers is an error, not silently dropped.
+    with pytest.raises(OvchatError, match="awq calibrates int4 layers and fp16 has none: drop --awq"):
+        Recipe(weight_format="fp16", awq=True)
+    with pytest.raises(OvchatError, match="scale_estimation calibrates int4 layers and int8 has none"):
+        Recipe(weight_format="int8", scale_estimation=True)
+    assert Recipe(weight_format="int8", awq=False) == Recipe(weight_format="int8")
     with pytest.raises(OvchatError, match="ratio must be in"):
         Recipe(ratio=0)
 
@@ -76,6 +81,7 @@ def test_hints_point_to_the_next_recipe_to_try():
     assert "fp16" in check.hint(Recipe(weight_format="int8"))
 
 
+@pytest.mark.slow
 def test_data_aware_export_of_the_tiny_model(tiny_phi3_dir, tiny_phi3_ov, tmp_path):
     done = run_cli("export", str(tiny_phi3_dir), "-o", str(tmp_path / "awq"), "--ratio", "1")  # AWQ + SE: the default
     assert done.returncode == 0, done.stderr
@@ -99,6 +105,7 @@ def test_quick_check_against_the_source(tiny_phi3_dir, tiny_phi3_ov):
     assert 0 <= result["top1_agreement"] <= 1 and result["kl_mean"] >= 0
 
 
+@pytest.mark.slow
 def test_fp16_export_checks_out_lossless(tiny_phi3_dir, tmp_path):
     done = run_cli("export", str(tiny_phi3_dir), "-o", str(tmp_path / "fp16"), "--weight-format", "fp16")
     assert done.returncode == 0, done.stderr
@@ -107,11 +114,20 @@ def test_fp16_export_checks_out_lossless(tiny_phi3_dir, tmp_path):
     assert abs(result["ppl_ratio"]["value"] - 1) < 0.01 and result["top1_agreement"] > 0.98
 
 
-def test_no_check_skips_it(tiny_phi3_dir, tmp_path):
-    done = run_cli("export", str(tiny_phi3_dir), "-o", str(tmp_path / "out"), "--no-check")
-    assert done.returncode == 0, done.stderr
-    assert "quality" not in done.stderr
-    assert "quality_check" not in json.loads((tmp_path / "out" / "ovchat_manifest.json").read_text())
+def test_no_check_skips_it(tiny_phi3_dir, tiny_phi3_ov, tmp_path):
+    logs: list[str] = []
+    out = ovchat.export(str(tiny_phi3_dir), tmp_path / "out", check=False, converter=copying_converter(tiny_phi3_ov),
+                        log=logs.append)
+    assert logs and not [line for line in logs if "quality" in line]
+    assert "quality_check" not in json.loads((out / "ovchat_manifest.json").read_text())
+
+
+def test_the_check_runs_by_default_on_a_small_source(tiny_phi3_dir, tiny_phi3_ov, tmp_path):
+    logs: list[str] = []
+    out = ovchat.export(str(tiny_phi3_dir), tmp_path / "out", converter=copying_converter(tiny_phi3_ov),
+                        log=logs.append)
+    assert [line for line in logs if line.startswith("quality: perplexity")]
+    assert json.loads((out / "ovchat_manifest.json").read_text())["quality_check"]["tokens"] > 100
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ def test_default_export_recipe_and_fallback(smollm2_ov):
         "kind": "wheel",
         "identity": catalog.resolve("smollm2-135m").identity,
     }
-    # hidden 576 is a multiple of the default group 32: no layer falls back (see test_phi3_seed for one).
+    # hidden 576 is a multiple of the default group 32: no layer falls back (see test_phi3_sample for one).
     assert info["recipe"]["group_size"] == 32 and info["recipe"]["adjusted_group_sizes"] == []
     assert info["weights"]["int4 group 32"] > 0 and not any(k.startswith("int4 group 64") for k in info["weights"])
     size = sum(e["size"] for e in info["files"].values())

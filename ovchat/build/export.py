@@ -26,6 +26,10 @@ from ..errors import OvchatError, describe, print_nothing
 from .recipe import Recipe
 
 Log = Callable[[str], None]
+# Writes an OpenVINO folder (IR, tokenizer, detokenizer, configs) for a float Hugging Face folder:
+# converter(source_dir, out_dir, recipe, log_path, log). The default is optimum-intel's exporter; the
+# rest of an export (room, lock, self-check, manifest, atomic publish) is the same for any converter.
+Converter = Callable[[Path, Path, Recipe, Path, Log], None]
 
 
 def _need_export_extra() -> None:
@@ -110,7 +114,7 @@ def _check_replaceable(target: Path, source: Path | None) -> None:
         )
 
 
-def _run_optimum(source_dir: Path, out_dir: Path, recipe: Recipe, log_path: Path, log: Log) -> None:
+def optimum_converter(source_dir: Path, out_dir: Path, recipe: Recipe, log_path: Path, log: Log) -> None:
     # optimum-intel's own command, in a child process: exactly the sample's export, and the memory
     # of the float model is returned to the system when it ends.
     if recipe.data_aware:
@@ -195,6 +199,7 @@ def export(
     scale_estimation: bool | None = Recipe.scale_estimation,
     force: bool = False,
     check: bool | None = None,
+    converter: Converter | None = None,
     log: Log = print_nothing,
 ) -> Path:
     """Export `model` to an OpenVINO folder and return it.
@@ -202,7 +207,8 @@ def export(
     Without `output` the export goes to the models directory, keyed by source and recipe, and an
     existing complete export there is returned as is (unless `force`). `check` compares the new
     export's perplexity with its float source on a short text (None: when the source is small enough
-    for that to take seconds) and warns when it lost too much.
+    for that to take seconds) and warns when it lost too much. `converter` replaces optimum-intel's
+    exporter (see `Converter`); everything around it stays.
     """
     recipe = Recipe(weight_format, group_size, ratio, sym, awq, scale_estimation)
     source = catalog.resolve(model)
@@ -228,14 +234,17 @@ def export(
             return target
         if not cached and target.exists() and not force:
             raise OvchatError(f"{target} already exists: pass --force to replace it")
-        _need_export_extra()
+        if converter is None:
+            _need_export_extra()
         try:
-            return _export_locked(source, target, recipe, check, log)
+            return _export_locked(source, target, recipe, check, converter or optimum_converter, log)
         except (OSError, RuntimeError) as exc:
             raise OvchatError(f"exporting {model} to {target} failed: {describe(exc)}") from None
 
 
-def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, check: bool | None, log: Log) -> Path:
+def _export_locked(
+    source: catalog.Source, target: Path, recipe: Recipe, check: bool | None, converter: Converter, log: Log
+) -> Path:
     started = time.time()
     local = catalog.materialize(source)
     _check_room(target.parent, local)
@@ -249,7 +258,7 @@ def _export_locked(source: catalog.Source, target: Path, recipe: Recipe, check: 
 
             log(f"reading {local.name} (weights and tokenizer from the GGUF metadata)")
             hf_dir = gguf.gguf_to_hf(local, hf_tmp)
-        _run_optimum(hf_dir, tmp, recipe, target.parent / f".{target.name}.log", log)
+        converter(hf_dir, tmp, recipe, target.parent / f".{target.name}.log", log)
         log("checking the export (IR, tokenizer round trip, one token)")
         checks = self_check(tmp)
         weights = weight_summary(tmp / "openvino_model.xml")

@@ -1,15 +1,20 @@
 """`ovchat serve`: an OpenAI-compatible HTTP server over OpenVINO GenAI's continuous batching.
 
-app.py             routes, guard middleware (Host, API key, body cap), JSON and SSE answers
+settings.py        what the server is told: address, limits, key, precision
+served.py          the one served model: name, context, tokenizer, stop ids
+guard.py           the guard middleware: Host, API key, body cap, request counts
+routes.py          the FastAPI app: routes, error handlers, CORS, the chat page
+serving.py         requests to token ids, admission, JSON and SSE answers
 protocol.py        the OpenAI request shapes, validated strictly; OpenAI-shaped errors
 batching.py        admission, the bounded queue, one token stream per request
 engine_process.py  the child process that steps the pipeline
-detok.py           token ids to text deltas; stop strings
+detok.py           token ids to text deltas
 metrics.py         Prometheus text
+page.py            the chat page at /
 lifecycle.py       start-up checks, uvicorn, SIGTERM drain
 """
 
-from .app import Settings
 from .lifecycle import serve
+from .settings import Settings
 
 __all__ = ["Settings", "serve"]

@@ -12,12 +12,15 @@ import socket
 import uvicorn
 
 from .. import runtime
+from ..config import SERVE_KV_CACHE_RAM_SHARE
 from ..errors import OvchatError, describe
 from ..loader import prepare
 from ..precision import Precision, not_batch_invariant
 from ..precision import choose as choose_precision
-from .app import Served, Settings, create_app, is_loopback
 from .batching import BatchEngine
+from .routes import create_app
+from .served import Served
+from .settings import Settings, is_loopback
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -39,10 +42,10 @@ def _scheduler(served: Served, settings: Settings, kv_cache_precision: str) -> d
     if settings.kv_cache_gb:
         gigabytes = settings.kv_cache_gb
     else:
-        # Room for every slot's full context, up to a third of this machine's memory.
+        # Room for every slot's full context, up to a share of this machine's memory.
         wanted = per_token * served.context_length * settings.max_concurrency / 1e9
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-        gigabytes = max(1, min(math.ceil(wanted), int(ram / 3)))
+        gigabytes = max(1, min(math.ceil(wanted), int(ram * SERVE_KV_CACHE_RAM_SHARE)))
     return {"cache_size": gigabytes, "max_num_seqs": settings.max_concurrency, "enable_prefix_caching": True}
 
 

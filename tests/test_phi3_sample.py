@@ -1,4 +1,4 @@
-"""The seed's flow on a tiny random Phi-3: export with its recipe, load with ovchat and as the seed does."""
+"""The sample's flow on a tiny random Phi-3: export with its recipe, load with ovchat and as the sample does."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ovchat import OvchatError, manifest
+from ovchat import OvchatError, SamplingParams, manifest
 from ovchat.synthetic import TINY_ANSWER
 
 PHI3_PROMPT = (
@@ -118,11 +118,33 @@ def test_streamers_are_freed(tiny_model):
         ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer"),
         ({"temperature": -1}, "temperature must be between 0 and 2"),
         ({"top_p": 0}, "top_p must be in"),
+        ({"presence_penalty": 3}, "presence_penalty must be between -2 and 2"),
+        ({"stop": ["a", ""]}, "stop must be up to 4 non-empty strings"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop must be up to 4 non-empty strings"),
     ],
 )
 def test_bad_sampling_parameters(tiny_model, kwargs, message):
     with pytest.raises(OvchatError, match=message):
         tiny_model.generate("Hi", **kwargs)
+
+
+def test_sampling_comes_as_params_or_keywords_not_both(tiny_model):
+    params = SamplingParams(max_new_tokens=2)
+    assert tiny_model.generate("Hi", sampling=params) == tiny_model.generate("Hi", max_new_tokens=2)
+    with pytest.raises(TypeError, match="not both"):
+        tiny_model.generate("Hi", sampling=params, max_new_tokens=2)
+    with pytest.raises(TypeError, match="unknown sampling parameters: temprature"):
+        tiny_model.generate("Hi", temprature=0.5)
+
+
+def test_a_stop_string_ends_the_answer_before_it(tiny_model):
+    *pieces, last = tiny_model.stream_generate("Hi", stop=("o w", "zzz"))
+    assert "".join(p.text for p in pieces) == "Hell"
+    assert last.finish_reason == "stop" and last.token_count < 5  # generation stopped, not just the text
+    # A stop string that never appears changes nothing; one the answer ends on is cut off.
+    assert tiny_model.generate("Hi", stop="zzz") == "Hello world!"
+    assert tiny_model.generate("Hi", stop="!") == "Hello world"
+
 
 
 def test_runtime_path_imports_no_torch(tiny_phi3_ov):
@@ -138,7 +160,7 @@ def test_runtime_path_imports_no_torch(tiny_phi3_ov):
 
 
 def test_loads_in_optimum_intel_exactly_as_the_seed_does(tiny_phi3_ov, tmp_path):
-    """The seed's own contract: OVModelForCausalLM + AutoTokenizer + generate on the same folder."""
+    """The sample's own contract: OVModelForCausalLM + AutoTokenizer + generate on the same folder."""
     from optimum.intel.openvino import OVModelForCausalLM
     from transformers import AutoConfig, AutoTokenizer
 

@@ -1,0 +1,5 @@
+"""`python -m ovchat.cli`: the `ovchat` command."""
+
+from . import main
+
+main()

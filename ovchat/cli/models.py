@@ -1,0 +1,72 @@
+"""`ovchat export` and `ovchat models`: making OpenVINO folders and listing what there is."""
+
+from __future__ import annotations
+
+import click
+
+from .. import catalog
+from ..build.recipe import WEIGHT_FORMATS, Recipe
+from .options import _say
+
+
+@click.command()
+@click.argument("model", default=catalog.DEFAULT_MODEL)
+@click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder (default: the models directory).")
+@click.option("--weight-format", type=click.Choice(WEIGHT_FORMATS), default=Recipe.weight_format, show_default=True)
+@click.option(
+    "--group-size",
+    type=int,
+    default=Recipe.group_size,
+    show_default=True,
+    help="int4 group size; layers it does not divide fall back to the largest power of two that does.",
+)
+@click.option(
+    "--ratio", type=float, default=Recipe.ratio, show_default=True, help="Share of layers in int4 (the rest int8)."
+)
+@click.option("--sym/--asym", default=Recipe.sym, show_default=True, help="Symmetric int4 (no zero points).")
+@click.option(
+    "--awq/--no-awq",
+    default=None,
+    show_default="on for int4",
+    help="Data-aware int4: AWQ on the shipped calibration text.",
+)
+@click.option(
+    "--scale-estimation/--no-scale-estimation",
+    default=None,
+    show_default="on for int4",
+    help="Data-aware int4: fit each group's scale to the calibration text.",
+)
+@click.option(
+    "--check/--no-check",
+    default=None,
+    help="Compare perplexity with the float source on a short text, warn on a big loss (default: small models).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+def export(model: str, output: str | None, force: bool, check: bool | None, **recipe) -> None:
+    """Export MODEL to OpenVINO IR (default: int4 sym group 32 on half of the layers, AWQ + scale estimation).
+
+    The Phi-3 sample's recipe: --group-size 128 --ratio 0.6 --no-awq --no-scale-estimation (faster to export,
+    less accurate; see docs/quality.md).
+    """
+    from ..build.export import export as run_export
+
+    path = run_export(model, output, **recipe, force=force, check=check, log=_say)
+    click.echo(str(path))
+
+
+@click.command()
+def models() -> None:
+    """List the catalog aliases and the models already exported."""
+    from ..build.inventory import exported_models
+
+    click.echo("Aliases:")
+    for entry in catalog.CATALOG.values():
+        where = entry.repo_id or f"PyPI {entry.wheel[0]}=={entry.wheel[1]}"
+        default = " (default)" if entry.alias == catalog.DEFAULT_MODEL else ""
+        click.echo(f"  {entry.alias:<14} {where:<36} {entry.description}{default}")
+    rows = exported_models()
+    click.echo(f"\nExported in {catalog.models_home() / 'models'}:")
+    if not rows:
+        click.echo("  (none yet: `ovchat export MODEL` or any command with --model makes one)")
+    for row in rows:
+        click.echo(f"  {row['folder']:<52} {row['size_mb']:>8.1f} MB  {row['recipe']:<22} {row['source']}")

@@ -1,0 +1,143 @@
+"""The HTTP routes and the app around them: each route reads and validates its body, then asks the
+`Serving` object on `app.state` for the answer; the guard, CORS and OpenAI-shaped errors wrap them all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+from . import protocol
+from .batching import BatchEngine
+from .guard import Guard, too_large
+from .page import add_page
+from .protocol import ApiError
+from .served import Served
+from .serving import Serving, version
+from .settings import Settings
+
+log = logging.getLogger("ovchat.server")
+router = APIRouter()
+
+
+def _serving(request: Request) -> Serving:
+    return request.app.state.serving
+
+
+@router.get("/health")
+async def health(request: Request):
+    body, status = _serving(request).health()
+    return JSONResponse(body, status_code=status)
+
+
+@router.get("/metrics")
+async def metrics_text(request: Request):
+    return PlainTextResponse(_serving(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    return {"object": "list", "data": [_serving(request).model_card()]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request):
+    serving = _serving(request)
+    serving.check_model(model_id)
+    return serving.model_card()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request):
+    serving = _serving(request)
+    req = protocol.parse(protocol.ChatRequest, await read_json(request, serving.settings.max_body_bytes))
+    return await serving.chat(request, req)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request):
+    serving = _serving(request)
+    req = protocol.parse(protocol.CompletionRequest, await read_json(request, serving.settings.max_body_bytes))
+    return await serving.complete(request, req)
+
+
+async def read_json(request: Request, cap: int):
+    """The decoded JSON body, or an ApiError: not JSON (415), over `cap` bytes (413), malformed (400)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'", code="unsupported_media")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:  # a chunked body, cut off as soon as it passes the cap
+            raise too_large(cap)
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # malformed, bad UTF-8, absurd nesting or numbers
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ApiError(400, f"the body is not valid JSON ({reason})") from None
+
+
+def create_app(served: Served, batch: BatchEngine, settings: Settings) -> FastAPI:
+    """The whole HTTP app for one served model and its batch engine (attached to the loop at start-up)."""
+    serving = Serving(served, batch, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batch.attach(asyncio.get_running_loop())
+        yield
+
+    app = FastAPI(title="ovchat", version=version(), docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.serving = serving
+    _add_error_handlers(app)
+    if settings.web_ui:
+        add_page(app)
+    app.include_router(router)
+    app.add_middleware(Guard, settings=settings, metrics=serving.metrics)
+    if settings.cors_origins:  # never a wildcard with credentials
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["authorization", "content-type"],
+        )
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error, ours or the framework's, answered in OpenAI's shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return JSONResponse(ApiError(400, first.get("msg", "invalid request"), param).body(), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed here"}.get(
+            exc.status_code, str(exc.detail)
+        )
+        return JSONResponse(
+            ApiError(exc.status_code, message, code=code).body(),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _fault(request: Request, exc: Exception):
+        log.exception("internal error on %s", request.url.path)
+        return JSONResponse(ApiError(500, "internal server error", kind="server_error").body(), status_code=500)

@@ -1,0 +1,60 @@
+"""The one model a server answers for: its name, context, tokenizer, stop ids and sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import runtime
+
+
+@dataclass
+class Served:
+    """The one model this server answers for, with what the HTTP side needs of it."""
+
+    name: str
+    path: Path
+    context_length: int
+    tokenizer: object
+    stop_ids: set[int]
+    vocab_size: int
+    created: int  # when the folder was exported (its mtime): OpenAI's model "created"
+    config: dict  # config.json: architecture sizes
+
+    @classmethod
+    def load(cls, path: Path, info: dict | None, context_cap: int | None) -> Served:
+        import openvino_genai as ov_genai
+
+        tokenizer = ov_genai.Tokenizer(str(path))
+        config = runtime.model_config(path)
+        stops = runtime.stop_token_ids(tokenizer, configured_stop_ids(path))
+        context = runtime.context_length(path)
+        if context_cap:
+            context = min(context, context_cap)
+        vocab = config.get("vocab_size") if isinstance(config.get("vocab_size"), int) else None
+        vocab = vocab or len(tokenizer.get_vocab_vector())
+        created = int(path.stat().st_mtime)
+        return cls(runtime.model_name(path, info), path, context, tokenizer, stops, vocab, created, config)
+
+    def kv_bytes_per_token(self, precision: str) -> int:
+        config = self.config
+        layers = config.get("num_hidden_layers", 32)
+        heads = config.get("num_attention_heads", 32)
+        kv_heads = config.get("num_key_value_heads") or heads
+        head_dim = config.get("head_dim") or config.get("hidden_size", 4096) // heads
+        width = {"f32": 4, "f16": 2, "bf16": 2, "u8": 1}.get(precision, 4)
+        return 2 * layers * kv_heads * head_dim * width
+
+
+def configured_stop_ids(path: Path) -> list[int]:
+    """The stop ids the folder's generation_config.json names, read by OpenVINO GenAI's own parser: the
+    ids a pipeline on this folder starts with, so the server stops where `ovchat.model.Model` does."""
+    import openvino_genai as ov_genai
+
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return []
+    try:
+        return sorted(ov_genai.GenerationConfig(str(file)).stop_token_ids)
+    except RuntimeError:  # unreadable: eos and the end-of-turn markers still stop
+        return []

@@ -1,0 +1,344 @@
+"""Generation behind the routes: a parsed request becomes token ids, a job in the batch engine, and an
+answer sent as one JSON object or as an SSE stream.
+
+Request → strict validation (protocol.py, routes.py) → chat template and tokens here → the engine process
+(batching.py, engine_process.py) → text deltas (detok.py) → a JSON answer or an SSE stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from .. import runtime
+from ..config import SERVE_STALL_SECONDS, format_ms
+from ..errors import OvchatError
+from ..sampling import StopMatcher
+from .batching import BatchEngine, EngineUnavailable, Job, Overloaded
+from .detok import IncrementalDecoder
+from .metrics import Metrics
+from .protocol import ApiError, ChatRequest, CompletionRequest
+from .served import Served
+from .settings import Settings
+
+log = logging.getLogger("ovchat.server")
+
+
+@dataclass
+class Piece:
+    text: str
+    finish: str | None = None  # set on the last piece
+
+
+class Answer:
+    """Turns one job's token batches into text pieces: stop strings cut here, exactly."""
+
+    def __init__(self, batch: BatchEngine, job: Job, tokenizer, stops: list[str]):
+        self.batch, self.job = batch, job
+        self.decoder, self.matcher = IncrementalDecoder(tokenizer), StopMatcher(stops)
+        self.done = False
+        self.tokens = 0  # tokens behind the text so far (after a stop string, no more are counted)
+
+    async def next(self, timeout: float | None = None) -> Piece | None:
+        """The next piece, or None when `timeout` passes first. Raises GenerationFailed."""
+        try:
+            update = await asyncio.wait_for(self.job.queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        text = self.matcher.push(self.decoder.push(update.tokens)) if update.tokens else ""
+        self.tokens += len(update.tokens)
+        finish = update.finish
+        if finish and finish.startswith("error:"):
+            self.done = True
+            raise GenerationFailed(finish.removeprefix("error:"))
+        if self.matcher.stopped:  # a stop string: we end the answer here and stop the engine
+            if not finish:
+                self.batch.cancel(self.job, why="stop string")
+            self.done = True
+            return Piece(text, "stop")
+        if finish:
+            self.done = True
+            text += self.matcher.push(self.decoder.flush())
+            text += self.matcher.flush()
+            return Piece(text, "length" if finish == "length" else "stop")
+        return Piece(text)
+
+    def close(self) -> None:
+        """The client is gone (or we are): stop generating for it."""
+        if not self.done:
+            self.done = True
+            self.batch.cancel(self.job, why="client")
+
+
+class GenerationFailed(Exception):
+    """The engine could not finish this answer. Its message is safe to show (no paths, no internals)."""
+
+    def error(self) -> ApiError:
+        message = str(self)
+        if message.startswith("schema:"):  # this request's own JSON schema: the client's to fix
+            return ApiError(
+                400,
+                f"the grammar compiler rejected this JSON schema ({message[7:]})",
+                "response_format",
+                "invalid_json_schema",
+            )
+        return ApiError(500, f"generation failed: {message}", kind="server_error", code="generation_failed")
+
+
+class Serving:
+    """The served model as the routes see it: its card and health, and answers to parsed requests."""
+
+    def __init__(self, served: Served, batch: BatchEngine, settings: Settings):
+        self.served, self.batch, self.settings = served, batch, settings
+        self.fingerprint = f"ovchat-{version()}"
+        self.metrics = Metrics(
+            {
+                "ovchat_requests_running": ("Requests generating in the engine.", lambda: len(batch.running)),
+                "ovchat_queue_depth": ("Requests waiting for a slot.", lambda: len(batch.waiting)),
+            }
+        )
+        batch.observers.append(self._observe)
+
+    def _observe(self, job: Job, finish: str) -> None:
+        metrics = self.metrics
+        metrics.count("ovchat_generation_tokens_total", job.generated)
+        if finish == "cancelled" and job.cancel_reason == "client":
+            metrics.count("ovchat_requests_cancelled_total")
+        if job.first_token:
+            metrics.ttft.observe(job.first_token - job.submitted)
+            if job.generated > 1:
+                metrics.tpot.observe((job.last_token - job.first_token) / (job.generated - 1))
+
+    # -- what the model is and how it is doing -----------------------------------------------------
+    def health(self) -> tuple[dict, int]:
+        """/health's body and status: 200 only while the engine is ready and making progress."""
+        batch = self.batch
+        state = batch.state
+        if state == "ready" and batch.running and time.monotonic() - batch.last_progress > SERVE_STALL_SECONDS:
+            state = "stalled"  # requests in the engine, yet no step finished for that long
+        if state == "ready" and batch.closing:
+            state = "stopping"
+        body = {"status": "ok" if state == "ready" else state, "model": self.served.name}
+        return body, 200 if state == "ready" else 503
+
+    def model_card(self) -> dict:
+        return {
+            "id": self.served.name,
+            "object": "model",
+            "created": self.served.created,
+            "owned_by": "ovchat",
+            "context_length": self.served.context_length,
+            "max_tokens_limit": self.settings.max_tokens_limit,
+        }
+
+    def check_model(self, name: str | None) -> None:
+        served = self.served
+        if name is not None and name not in (served.name, served.path.name):
+            shown = name if len(name) <= 80 else name[:80] + "…"
+            raise ApiError(
+                404,
+                f"the model {shown!r} does not exist here; this server serves {served.name!r}",
+                "model",
+                "model_not_found",
+            )
+
+    # -- requests to token ids ---------------------------------------------------------------------
+    async def chat(self, request: Request, req: ChatRequest):
+        self.check_model(req.model)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        ids = await asyncio.to_thread(self._chat_ids, messages)  # a long prompt must not stall every stream
+        return await self._generate(request, req, ids, chat=True, schema=req.schema())
+
+    async def complete(self, request: Request, req: CompletionRequest):
+        self.check_model(req.model)
+        served = self.served
+        if isinstance(req.prompt, str):
+            ids = await asyncio.to_thread(runtime.encode, served.tokenizer, req.prompt)
+        else:
+            bad = next((t for t in req.prompt if not 0 <= t < served.vocab_size), None)
+            if bad is not None:
+                raise ApiError(
+                    400, f"prompt: token id {bad} is outside the vocabulary (0..{served.vocab_size - 1})", "prompt"
+                )
+            ids = list(req.prompt)
+        return await self._generate(request, req, ids, chat=False, schema=None)
+
+    def _chat_ids(self, messages: list[dict]) -> list[int]:
+        try:
+            prompt = runtime.render(self.served.tokenizer, self.served.name, messages)
+        except OvchatError as exc:
+            raise ApiError(400, str(exc), "messages") from None
+        return runtime.encode(self.served.tokenizer, prompt, add_special_tokens=False)
+
+    # -- admission and the answer ------------------------------------------------------------------
+    async def _generate(self, request: Request, req, ids: list[int], chat: bool, schema: str | None):
+        settings = self.settings
+        context = self.served.context_length
+        if len(ids) >= context:
+            raise ApiError(
+                400,
+                f"this model's maximum context length is {context} tokens, but the prompt has "
+                f"{len(ids)} tokens; shorten it",
+                "messages" if chat else "prompt",
+                "context_length_exceeded",
+            )
+        asked = req.budget()
+        field_name = "max_completion_tokens" if chat and req.max_completion_tokens else "max_tokens"
+        if asked is not None and asked > context:
+            raise ApiError(400, f"{field_name} must be at most the context length ({context}), not {asked}", field_name)
+        # Documented choice: an answer that would not fit (or passes the server's limit) is clamped and
+        # ends with finish_reason "length".
+        budget = min(asked or settings.max_tokens_limit, settings.max_tokens_limit, context - len(ids))
+        job = self._submit(ids, req.sampling(budget, schema))
+        self.metrics.count("ovchat_prompt_tokens_total", len(ids))
+        answer = Answer(self.batch, job, self.served.tokenizer, req.stops())
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                self._stream(answer, rid, created, chat, usage, len(ids)),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        text, finish = await _collect(request, answer)
+        _log_done(rid, len(ids), job, finish)
+        head = self._header(rid, "chat.completion" if chat else "text_completion", created)
+        if chat:
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return {**head, "choices": [choice], "usage": _usage(len(ids), answer.tokens)}
+
+    def _submit(self, ids: list[int], sampling) -> Job:
+        try:
+            return self.batch.submit(ids, sampling)
+        except Overloaded:
+            raise ApiError(
+                503,
+                "the server is at capacity (all slots and queue places taken); retry shortly",
+                kind="server_error",
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            ) from None
+        except EngineUnavailable as exc:
+            raise ApiError(
+                503,
+                f"the model is not available ({exc}); retry shortly",
+                kind="server_error",
+                code="unavailable",
+                headers={"Retry-After": "2"},
+            ) from None
+
+    def _header(self, rid: str, kind: str, created: int) -> dict:
+        """The fields every answer and every stream chunk starts with."""
+        return {
+            "id": rid,
+            "object": kind,
+            "created": created,
+            "model": self.served.name,
+            "system_fingerprint": self.fingerprint,
+        }
+
+    async def _stream(
+        self, answer: Answer, rid: str, created: int, chat: bool, usage: bool, prompt_tokens: int
+    ) -> AsyncIterator[str]:
+        head = self._header(rid, "chat.completion.chunk" if chat else "text_completion", created)
+
+        def event(text: str | None, finish: str | None, role: bool = False) -> str:
+            if chat:
+                delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            chunk = {**head, "choices": [choice]}
+            if usage:
+                chunk["usage"] = None
+            return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+        finish = None
+        try:
+            if chat:
+                yield event(None, None, role=True)
+            while True:
+                piece = await answer.next(self.settings.keepalive_seconds)
+                if piece is None:
+                    yield ": keep-alive\n\n"  # long prefill or a queue wait: keep proxies from timing out
+                    continue
+                if piece.finish:
+                    finish = piece.finish
+                    if piece.text:
+                        yield event(piece.text, None)
+                    yield event(None, finish)
+                    break
+                if piece.text:
+                    yield event(piece.text, None)
+            if usage:
+                totals = _usage(prompt_tokens, answer.tokens)
+                yield f"data: {json.dumps({**head, 'choices': [], 'usage': totals})}\n\n"
+        except GenerationFailed as exc:
+            log.warning("%s failed: %s", rid, exc)
+            yield f"data: {json.dumps(exc.error().body())}\n\n"
+        finally:
+            answer.close()
+            _log_done(rid, prompt_tokens, answer.job, finish or "cut")
+        yield "data: [DONE]\n\n"
+
+
+async def _collect(request: Request, answer: Answer) -> tuple[str, str]:
+    """The whole answer, for a client that did not ask for a stream (its leaving still stops the job)."""
+
+    async def client_gone():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        answer.close()
+
+    watcher = asyncio.create_task(client_gone())
+    parts = []
+    try:
+        while True:
+            piece = await answer.next()
+            parts.append(piece.text)
+            if piece.finish:
+                return "".join(parts), piece.finish
+    except GenerationFailed as exc:
+        log.warning("generation failed: %s", exc)
+        raise exc.error() from None
+    finally:
+        watcher.cancel()
+        answer.close()
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _log_done(rid: str, prompt_tokens: int, job: Job, finish: str) -> None:
+    ttft = format_ms(job.first_token - job.submitted if job.first_token else None)
+    log.info(
+        "%s: %d prompt tokens, %d generated, first token %s, finish %s",
+        rid,
+        prompt_tokens,
+        job.generated,
+        ttft,
+        finish,
+    )
+
+
+def version() -> str:
+    from .. import __version__  # here, not at the top: the package's __init__ imports most of ovchat
+
+    return __version__

@@ -1,0 +1,73 @@
+"""SamplingParams and its one translation to OpenVINO GenAI's GenerationConfig."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from ovchat import OvchatError, SamplingParams
+from ovchat.sampling import StopMatcher, generation_config
+
+
+def test_every_field_reaches_the_generation_config():
+    params = SamplingParams(
+        max_new_tokens=7,
+        temperature=0.5,
+        top_p=0.9,
+        top_k=40,
+        repetition_penalty=1.1,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        seed=3,
+        json_schema='{"type": "object"}',
+    )
+    config = generation_config(params, {2, 5}, apply_chat_template=True)
+    assert config.max_new_tokens == 7 and config.apply_chat_template
+    assert config.do_sample and config.rng_seed == 3 and config.top_k == 40
+    assert config.temperature == pytest.approx(0.5) and config.top_p == pytest.approx(0.9)
+    assert config.repetition_penalty == pytest.approx(1.1)
+    assert config.presence_penalty == pytest.approx(0.5) and config.frequency_penalty == pytest.approx(-0.5)
+    assert set(config.stop_token_ids) == {2, 5}
+    assert config.structured_output_config.json_schema == '{"type": "object"}'
+    # The budget left (of a context, of a resumed request) overrides the params' own.
+    assert generation_config(params, (), max_new_tokens=3).max_new_tokens == 3
+
+
+def test_greedy_by_default_and_prompt_lookup_drafts():
+    config = generation_config(SamplingParams(), (), prompt_lookup=True)
+    assert not config.do_sample and config.max_new_tokens == 1024
+    assert config.num_assistant_tokens == 5 and config.max_ngram_size == 3
+    assert config.structured_output_config is None
+
+
+def test_params_are_frozen_picklable_and_normalise_stop():
+    params = SamplingParams(stop=["a", "b"])
+    assert params.stop == ("a", "b") and SamplingParams(stop="x").stop == ("x",)
+    assert pickle.loads(pickle.dumps(params)) == params  # they cross into the server's engine process
+    with pytest.raises(AttributeError):
+        params.temperature = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"top_k": -1}, "top_k must be 0"),
+        ({"temperature": "hot"}, "temperature must be between 0 and 2"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty must be between -2 and 2"),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"json_schema": {"type": "object"}}, "json_schema must be a JSON text"),
+    ],
+)
+def test_bad_params_are_named(kwargs, message):
+    with pytest.raises(OvchatError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_stop_matcher_holds_back_what_could_become_a_stop_string():
+    matcher = StopMatcher(["</s>", "END"])
+    assert matcher.push("Hello </") == "Hello"  # " </" could still begin "</s>": held back
+    assert matcher.push("p> fine") == " </p> f"
+    assert matcher.push(" ok EN") == "ine ok"
+    assert matcher.push("D and more") == " " and matcher.stopped
+    assert matcher.push("ignored") == "" and matcher.flush() == ""
