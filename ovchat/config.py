@@ -6,6 +6,11 @@ both say `DEFAULT_MAX_NEW_TOKENS`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+# The texts ovchat ships (evaluation, calibration, chat prompts): inside the package, installed with it.
+DATA = Path(__file__).resolve().parent / "data"
+
 # -- loading and generating ---------------------------------------------------------------------------
 DEFAULT_DEVICE = "CPU"
 DEFAULT_MAX_NEW_TOKENS = 1024  # the OpenVINO Phi-3 chat sample's budget

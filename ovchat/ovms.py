@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from . import runtime
 from .config import DEFAULT_DEVICE, LATENCY_CONFIG, OVMS_CACHE_SIZE_GB, OVMS_MAX_NUM_SEQS, OVMS_PRECISION
-from .errors import OvchatError
+from .errors import OvchatError, print_nothing
 from .precision import choose as choose_precision
 
 # The fields of mediapipe.LLMCalculatorOptions ovchat sets, as OVMS's own export script writes them.
@@ -81,7 +82,7 @@ def write_repository(
     precision: str | None = None,
     kv_cache_precision: str | None = None,
     force: bool = False,
-    log=print,
+    log: Callable[[str], None] = print_nothing,
 ) -> Path:
     """Write (or add to) an OVMS model repository for `model` and return its config.json path.
 

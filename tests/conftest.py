@@ -36,6 +36,18 @@ def _code_key() -> str:
     return h.hexdigest()[:12]
 
 
+# Fixtures of the end-to-end tier: a test that uses one is in it, whatever its marks say, so the fast
+# tier never exports SmolLM2 or starts a server.
+END_TO_END_FIXTURES = {"smollm2_ov", "smollm2", "server"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def ovchat_home() -> Path:
     home = ROOT / "tests" / ".cache" / f"home-{_code_key()}"

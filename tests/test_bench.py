@@ -10,7 +10,7 @@ from helpers import run_cli
 from ovchat import OvchatError, bench
 
 
-@pytest.mark.parametrize("folder", ["tiny_phi3_ov", "smollm2_ov"])
+@pytest.mark.parametrize("folder", ["tiny_phi3_ov", pytest.param("smollm2_ov", marks=pytest.mark.slow)])
 def test_prompts_have_the_exact_length_and_differ_by_variant(request, folder):
     import openvino_genai as ov_genai
 

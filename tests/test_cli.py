@@ -1,4 +1,5 @@
-"""The command line: help for every command, and bad input answered with one clear line, never a traceback."""
+"""The command line in a child process, as users run it: help for every command, and bad input answered
+with one clear line, never a traceback. (test_cli_inprocess.py asserts the same in the fast tier.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import pytest
 from helpers import run_cli
 
 from ovchat import catalog
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("args", [[], ["export"], ["generate"], ["models"]])

@@ -6,12 +6,13 @@ import random
 
 import pytest
 
-from ovchat.server.detok import IncrementalDecoder, StopMatcher
+from ovchat.sampling import StopMatcher
+from ovchat.server.detok import IncrementalDecoder
 
 TEXT = "Café déjà vu — 東京 🎉 emoji 👩‍👩‍👧 and  spaces   here.\nNew line!\ttab " * 12
 
 
-@pytest.fixture(params=["smollm2", "tiny_phi3"])
+@pytest.fixture(params=[pytest.param("smollm2", marks=pytest.mark.slow), "tiny_phi3"])
 def tokenizer(request):
     import openvino_genai as ov_genai
 

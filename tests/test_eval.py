@@ -14,6 +14,7 @@ import pytest
 from helpers import run_cli
 
 from ovchat import OvchatError, precision
+from ovchat.build.calibrate import CALIBRATION_TEXT
 from ovchat.eval import report
 from ovchat.eval.answers import Embedder, load_prompts
 from ovchat.eval.evaluate import evaluate
@@ -154,6 +155,7 @@ def test_a_model_against_itself_agrees_exactly(tiny_phi3_ov, chain_text):
     assert result["reference"]["kind"] == "openvino" and result["prompts"] is None
 
 
+@pytest.mark.slow  # the command in a child process
 def test_as_generate_scores_the_fast_path_against_the_same_reference(tiny_phi3_ov, chain_text, tmp_path):
     done = run_cli("eval", "-m", str(tiny_phi3_ov), "-r", str(tiny_phi3_ov), "--text", str(chain_text),
                    "--prompt-limit", "0", "--window", "32", "--as-generate", "--json", str(tmp_path / "q.json"))
@@ -233,9 +235,11 @@ def test_shipped_data():
     prompts = load_prompts(DEFAULT_PROMPTS)
     assert len(prompts) >= 50 and len({p["category"] for p in prompts}) >= 6
     assert len(load_prompts(DEFAULT_PROMPTS, 5)) == 5
+    # The calibration text is another book: data-aware recipes never see what eval scores.
+    assert len(CALIBRATION_TEXT.read_text()) > 50_000 and CALIBRATION_TEXT.read_text() != DEFAULT_TEXT.read_text()
 
 
-def test_bad_inputs_are_named(tiny_phi3_ov, smollm2_ov, tmp_path, chain_text):
+def test_bad_inputs_are_named(tiny_phi3_ov, tmp_path, chain_text):
     model = str(tiny_phi3_ov)
     with pytest.raises(OvchatError, match="cannot read the text file .*missing.txt"):
         evaluate(model, text=tmp_path / "missing.txt", prompt_limit=0)
@@ -248,12 +252,17 @@ def test_bad_inputs_are_named(tiny_phi3_ov, smollm2_ov, tmp_path, chain_text):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
     with pytest.raises(OvchatError, match="bad.jsonl, line 2"):
         evaluate(model, prompts=tmp_path / "bad.jsonl")
-    with pytest.raises(OvchatError, match="tokenizes the text differently"):
-        evaluate(model, reference=str(smollm2_ov), text=chain_text, prompt_limit=0)
     with pytest.raises(OvchatError, match="longer than the context of 256"):
         evaluate(model, text=chain_text, prompt_limit=0, window=512)
 
 
+@pytest.mark.slow
+def test_a_reference_with_another_tokenizer_is_refused(tiny_phi3_ov, smollm2_ov, chain_text):
+    with pytest.raises(OvchatError, match="tokenizes the text differently"):
+        evaluate(str(tiny_phi3_ov), reference=str(smollm2_ov), text=chain_text, prompt_limit=0)
+
+
+@pytest.mark.slow  # the command in a child process
 def test_cli_table_json_and_chart(tiny_phi3_ov, noisy_ov, chain_text, three_prompts, tmp_path):
     out, chart = tmp_path / "eval.json", tmp_path / "eval.png"
     done = run_cli(

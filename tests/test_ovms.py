@@ -67,7 +67,7 @@ def test_the_reader_is_strict():
 
 def test_repository_for_the_tiny_phi3(tiny_phi3_ov, tmp_path):
     repo = tmp_path / "repo"
-    config = write_repository(str(tiny_phi3_ov), repo, name="tiny", max_num_seqs=4, cache_size_gb=3,
+    config = write_repository(str(tiny_phi3_ov), repo, name="tiny", max_num_seqs=4, kv_cache_gb=3,
                               kv_cache_precision="u8", log=lambda _: None)
     data = json.loads(config.read_text())
     assert data["mediapipe_config_list"] == [{"name": "tiny", "base_path": "tiny"}]

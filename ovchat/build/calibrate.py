@@ -13,7 +13,9 @@ import re
 import sys
 from pathlib import Path
 
-CALIBRATION_TEXT = Path(__file__).resolve().parent / "data" / "pride_and_prejudice_ch1-39.txt"
+from ..config import DATA
+
+CALIBRATION_TEXT = DATA / "pride_and_prejudice_ch1-39.txt"
 SAMPLES = 64  # nncf's AWQ uses 32 samples, scale estimation 64
 SAMPLE_CHARS = 1200  # ~300 tokens: whole paragraphs, so each sample reads as ordinary prose
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import DATA
 from ..errors import OvchatError
 from .logits import sliding_logits
 from .metrics import Tally, log_softmax
 
-DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_TEXT = DATA / "alice_in_wonderland_ch1-6.txt"
 DEFAULT_PROMPTS = DATA / "prompts.jsonl"
 DEFAULT_MAX_TOKENS = 4096  # of the text: ~1 min for SmolLM2-135M and its reference on 2 cores

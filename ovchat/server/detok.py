@@ -14,6 +14,7 @@ class IncrementalDecoder:
     """
 
     WINDOW = 32  # tokens decoded at most per push (plus what arrived)
+    CONTEXT = 4  # tokens kept left of a slid window: enough for a leading space or a multi-token character
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -31,7 +32,7 @@ class IncrementalDecoder:
             return ""  # half a character so far (or the window's start still settling): wait
         delta, self.shown = text[len(self.shown) :], text
         if len(self.ids) - self.start > self.WINDOW:  # slide: keep a few tokens of left context
-            self.start = len(self.ids) - 4
+            self.start = len(self.ids) - self.CONTEXT
             self.shown = self._decode(self.ids[self.start :])
         return delta
 
