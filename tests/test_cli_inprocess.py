@@ -282,7 +282,7 @@ def _serve_settings(monkeypatch, *flags: str):
 
     seen = {}
 
-    def stand_in(model, device, settings, *, cache_dir=None, say=print):
+    def stand_in(model, device, settings, *, cache_dir=None, log=print):
         seen.update(model=model, device=device, settings=settings, cache_dir=cache_dir)
         return 0
 

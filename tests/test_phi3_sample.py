@@ -159,7 +159,7 @@ def test_runtime_path_imports_no_torch(tiny_phi3_ov):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_loads_in_optimum_intel_exactly_as_the_seed_does(tiny_phi3_ov, tmp_path):
+def test_loads_in_optimum_intel_exactly_as_the_sample_does(tiny_phi3_ov, tmp_path):
     """The sample's own contract: OVModelForCausalLM + AutoTokenizer + generate on the same folder."""
     from optimum.intel.openvino import OVModelForCausalLM
     from transformers import AutoConfig, AutoTokenizer

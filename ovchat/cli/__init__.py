@@ -19,7 +19,7 @@ import click
 
 from ..errors import OvchatError
 from . import measure, models, run, serving
-from .options import _say
+from .options import _log
 
 
 def _terminate(signum, frame) -> None:
@@ -35,14 +35,14 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except OvchatError as exc:
-            _say(f"error: {exc}")
+            _log(f"error: {exc}")
             sys.exit(1)
         except click.UsageError as exc:
             command = f"ovchat {exc.ctx.info_name}" if exc.ctx and exc.ctx.parent else "ovchat"
-            _say(f"error: {exc.format_message()} (see `{command} --help`)")
+            _log(f"error: {exc.format_message()} (see `{command} --help`)")
             sys.exit(2)
         except KeyboardInterrupt:
-            _say("interrupted")
+            _log("interrupted")
             sys.exit(130)
         except BrokenPipeError:  # `ovchat chat < q.txt | head`: the reader left; no traceback
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -10,7 +10,7 @@ from .. import bench as benchmark
 from .. import catalog
 from ..eval import scoring
 from ..precision import INFERENCE_PRECISIONS
-from .options import _say, cache_dir_option, device_option, kv_precision_option, model_option, precision_option
+from .options import _log, cache_dir_option, device_option, kv_precision_option, model_option, precision_option
 
 
 def _int_list(ctx, param, value: str) -> list[int]:
@@ -70,7 +70,7 @@ def bench(model: str, json_path: str | None, plot_path: str | None, **options) -
 
     bar, progress = _progress_bar("measuring")
     with bar:
-        report = benchmark.run(model, progress=progress, log=_say, **options)
+        report = benchmark.run(model, progress=progress, log=_log, **options)
     click.echo(benchmark.format_table(report))
     if json_path:
         with open(json_path, "w") as f:
@@ -146,7 +146,7 @@ def eval_command(models: tuple, worst: int, json_path: str | None, plot_path: st
 
     bar, progress = _progress_bar("evaluating")
     with bar:
-        result = evaluate(list(models), progress=progress, log=_say, **options)
+        result = evaluate(list(models), progress=progress, log=_log, **options)
     click.echo(report.format_table(result))
     if worst:
         click.echo(report.format_worst(result, worst))

@@ -6,7 +6,7 @@ import click
 
 from .. import catalog
 from ..build.recipe import WEIGHT_FORMATS, Recipe
-from .options import _say
+from .options import _log
 
 
 @click.command()
@@ -50,7 +50,7 @@ def export(model: str, output: str | None, force: bool, check: bool | None, **re
     """
     from ..build.export import export as run_export
 
-    path = run_export(model, output, **recipe, force=force, check=check, log=_say)
+    path = run_export(model, output, **recipe, force=force, check=check, log=_log)
     click.echo(str(path))
 
 

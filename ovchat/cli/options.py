@@ -14,7 +14,7 @@ from ..precision import INFERENCE_PRECISIONS, KV_CACHE_PRECISIONS, PRECISION_ENV
 from ..sampling import MAX_STOP_STRINGS
 
 
-def _say(message: str) -> None:
+def _log(message: str) -> None:
     """Progress and diagnostics: stderr, so stdout carries only the answer."""
     click.echo(message, err=True)
 

@@ -9,7 +9,7 @@ import click
 from ..config import format_ms
 from ..errors import OvchatError
 from ..sampling import SamplingParams
-from .options import _say, run_options
+from .options import _log, run_options
 
 
 @click.command()
@@ -39,7 +39,7 @@ def generate(
         raise OvchatError("--system has no effect with --raw (no chat template is applied); drop one of them")
     handle = load(
         model, device=device, precision=precision, kv_cache_precision=kv_cache_precision, cache_dir=cache_dir,
-        prompt_lookup=prompt_lookup, log=_say,
+        prompt_lookup=prompt_lookup, log=_log,
     )
     last = None
     pieces = []
@@ -52,7 +52,7 @@ def generate(
     click.echo("".join(pieces))
     if verbose and last is not None:
         rate = f"{last.tokens_per_second:.1f} tok/s" if last.tokens_per_second else "n/a"
-        _say(
+        _log(
             f"[{last.prompt_tokens} prompt tokens, {last.token_count} new, "
             f"first token {format_ms(last.time_to_first_token)}, {rate}, "
             f"finish: {last.finish_reason}; {handle.precision}]"
@@ -86,7 +86,7 @@ def chat(
     text = sys.stdin.read() if piped else ""
     handle = load(
         model, device=device, precision=precision, kv_cache_precision=kv_cache_precision, cache_dir=cache_dir,
-        prompt_lookup=prompt_lookup, log=_say,
+        prompt_lookup=prompt_lookup, log=_log,
     )
     session = ChatSession(handle, system=system, sampling=SamplingParams(**sampling))
     if piped:

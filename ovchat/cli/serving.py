@@ -19,7 +19,7 @@ from ..config import (
 )
 from ..precision import INFERENCE_PRECISIONS
 from .options import (
-    _say,
+    _log,
     cache_dir_option,
     concurrency_option,
     device_option,
@@ -114,7 +114,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = Settings(allowed_hosts=list(allowed_hosts), cors_origins=list(cors_origins), **settings)
-    sys.exit(run_server(model, device, config, cache_dir=cache_dir, say=_say))
+    sys.exit(run_server(model, device, config, cache_dir=cache_dir, log=_log))
 
 
 @click.command()
@@ -147,9 +147,9 @@ def ovms(repository: str, model: str, **options) -> None:
     """
     from ..ovms import write_repository
 
-    config = write_repository(model, repository, log=_say, **options)
+    config = write_repository(model, repository, log=_log, **options)
     click.echo(str(config))
-    _say(
+    _log(
         f"serve it: docker run -p 8000:8000 -v {config.parent.resolve()}:/models openvino/model_server:latest "
         "--rest_port 8000 --config_path /models/config.json   (clients: http://HOST:8000/v3)"
     )

@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import socket
+from collections.abc import Callable
 
 import uvicorn
 
@@ -49,7 +50,9 @@ def _scheduler(served: Served, settings: Settings, kv_cache_precision: str) -> d
     return {"cache_size": gigabytes, "max_num_seqs": settings.max_concurrency, "enable_prefix_caching": True}
 
 
-def serve(model: str, device: str, settings: Settings, *, cache_dir: str | None = None, say=print) -> int:
+def serve(
+    model: str, device: str, settings: Settings, *, cache_dir: str | None = None, log: Callable[[str], None] = print
+) -> int:
     """Run the server until SIGINT/SIGTERM; returns the exit code (0 after a clean shutdown)."""
     if not is_loopback(settings.host) and not settings.api_key and not settings.allow_insecure:
         raise OvchatError(
@@ -59,17 +62,17 @@ def serve(model: str, device: str, settings: Settings, *, cache_dir: str | None 
     # A bad precision, then a broken model folder, fail here, before any port opens.
     purpose = "batch-invariant" if settings.batch_invariant else "speed"
     chosen = choose_precision(device, settings.precision, settings.kv_cache_precision, purpose=purpose)
-    path, info = prepare(model, device, log=say)
+    path, info = prepare(model, device, log=log)
     served = Served.load(path, info, settings.context_length)
     sock = _bind(settings.host, settings.port)
     try:
-        return _serve_on(sock, path, device, served, settings, chosen, cache_dir, say)
+        return _serve_on(sock, path, device, served, settings, chosen, cache_dir, log)
     finally:
         sock.close()
 
 
 def _serve_on(
-    sock, path, device: str, served: Served, settings: Settings, chosen: Precision, cache_dir: str | None, say
+    sock, path, device: str, served: Served, settings: Settings, chosen: Precision, cache_dir: str | None, log
 ) -> int:
     properties = runtime.runtime_properties(None, cache_dir, chosen)
     scheduler = _scheduler(served, settings, chosen.kv_cache)
@@ -78,14 +81,14 @@ def _serve_on(
     )
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    say(
+    log(
         f"ovchat serve: {served.name} on {device} ({chosen}), context {served.context_length}, "
         f"{settings.max_concurrency} at once + {settings.max_queue} queued; http://{shown}:{port}/v1 "
         f"({'API key required' if settings.api_key else 'no API key'})"
         + (f"; chat page http://{shown}:{port}/" if settings.web_ui else "")
     )
     if settings.batch_invariant and (why := not_batch_invariant(chosen)):
-        say(f"ovchat serve: an answer may change with what else is in the batch ({why})")
+        log(f"ovchat serve: an answer may change with what else is in the batch ({why})")
     config = uvicorn.Config(
         create_app(served, batch, settings),
         log_level="info",
@@ -94,7 +97,7 @@ def _serve_on(
         server_header=False,
     )
     try:
-        return asyncio.run(_run(_Server(config), sock, batch, say))
+        return asyncio.run(_run(_Server(config), sock, batch, log))
     finally:
         batch.close()
 
@@ -108,7 +111,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _run(server, sock: socket.socket, batch: BatchEngine, say) -> int:
+async def _run(server, sock: socket.socket, batch: BatchEngine, log) -> int:
     loop = asyncio.get_running_loop()
     outcome = {"code": 0}
 
@@ -116,7 +119,7 @@ async def _run(server, sock: socket.socket, batch: BatchEngine, say) -> int:
         if server.should_exit:
             server.force_exit = True  # a second signal: stop waiting for in-flight requests
             return
-        say("ovchat serve: stopping — finishing in-flight requests (signal again to stop now)")
+        log("ovchat serve: stopping — finishing in-flight requests (signal again to stop now)")
         batch.closing = True
         server.should_exit = True
 
@@ -127,11 +130,11 @@ async def _run(server, sock: socket.socket, batch: BatchEngine, say) -> int:
         while batch.state == "loading":
             await asyncio.sleep(0.05)
         if batch.state == "ready":
-            say("ovchat serve: model loaded, ready")
+            log("ovchat serve: model loaded, ready")
         while batch.state == "ready":
             await asyncio.sleep(0.5)
         if batch.state == "broken" and not server.should_exit:
-            say(f"error: {batch.problem}")
+            log(f"error: {batch.problem}")
             outcome["code"] = 1
             server.should_exit = True
 
