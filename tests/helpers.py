@@ -148,3 +148,28 @@ def copying_converter(prebuilt, pause: float = 0.0):
         time.sleep(pause)
 
     return convert
+
+
+def sse_payloads(body: str) -> list[str]:
+    """The data payloads of an SSE body (without the final [DONE]), checking its framing on the way."""
+    assert body.endswith("data: [DONE]\n\n")
+    payloads = []
+    for block in body.split("\n\n")[:-2]:  # the last two: [DONE] and the empty tail
+        if block.startswith(":"):  # a keep-alive comment
+            continue
+        assert block.startswith("data: ") and "\n" not in block, block
+        payloads.append(block[6:])
+    return payloads
+
+
+def write_mamba_gguf(path) -> None:
+    """A GGUF file of an architecture ovchat does not convert (mamba)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "mamba")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

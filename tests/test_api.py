@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+from helpers import sse_payloads
 from test_server import BAD_CHAT, BAD_COMPLETION
 
 from ovchat import runtime
@@ -123,14 +124,7 @@ def chat_ids(served: Served, messages: list[dict]) -> list[int]:
 
 def sse_events(body: str) -> list[dict]:
     """The JSON payloads of an SSE body, checking its framing on the way."""
-    assert body.endswith("data: [DONE]\n\n")
-    events = []
-    for block in body.split("\n\n")[:-2]:  # the last two: [DONE] and the empty tail
-        if block.startswith(":"):  # a keep-alive comment
-            continue
-        assert block.startswith("data: ") and "\n" not in block, block
-        events.append(json.loads(block[6:]))
-    return events
+    return [json.loads(payload) for payload in sse_payloads(body)]
 
 
 def assert_error(answer: httpx.Response, status: int, param: str | None = None, code: str | None = None) -> dict:

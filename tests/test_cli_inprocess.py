@@ -8,6 +8,7 @@ import signal
 
 import pytest
 from click.testing import CliRunner
+from helpers import write_mamba_gguf
 
 from ovchat import catalog
 from ovchat.cli import main
@@ -111,16 +112,8 @@ def test_file_that_is_not_gguf(tmp_path):
 
 
 def test_unsupported_gguf_architecture(tmp_path):
-    import gguf
-    import numpy as np
-
     path = tmp_path / "mamba.gguf"
-    writer = gguf.GGUFWriter(str(path), "mamba")
-    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_mamba_gguf(path)
     fails_cleanly(ovchat("export", path, "-o", tmp_path / "out"), 1, "mamba", "llama")
 
 

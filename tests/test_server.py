@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from helpers import EIGHT_PROMPTS, answers_alone_and_together
+from helpers import EIGHT_PROMPTS, answers_alone_and_together, sse_payloads
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +22,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 def sse_events(response: httpx.Response) -> list[str]:
     """The data payloads of an SSE response, checking the framing on the way."""
-    body = response.read().decode()
-    assert body.endswith("data: [DONE]\n\n")
-    events = []
-    for block in body.split("\n\n")[:-2]:  # the last two: [DONE] and the empty tail
-        if block.startswith(":"):  # a keep-alive comment
-            continue
-        assert block.startswith("data: ") and "\n" not in block, block
-        events.append(block[6:])
-    return events
+    return sse_payloads(response.read().decode())
 
 
 def test_chat_stream_matches_non_stream(server):
