@@ -157,7 +157,7 @@ async def test_chat_answer_and_what_the_engine_was_given(served, batch, hello):
 
 async def test_sampling_params_reach_the_engine(served, batch):
     body = {"messages": HI, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": -1, "max_tokens": 9,
-            "presence_penalty": 0.5, "frequency_penalty": -0.5, "stop": ["zz"],
+            "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": 1.2, "stop": ["zz"],
             "response_format": {"type": "json_object"}}
     async with client(served, batch) as http:
         assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
@@ -167,7 +167,7 @@ async def test_sampling_params_reach_the_engine(served, batch):
         assert all(a.status_code == 200 for a in unseeded)
     first, second, *rest = batch.sampling
     assert first == SamplingParams(max_new_tokens=9, temperature=0.7, top_p=0.9, top_k=40, presence_penalty=0.5,
-                                   frequency_penalty=-0.5, seed=2**63 - 1, stop=("zz",),
+                                   frequency_penalty=-0.5, repetition_penalty=1.2, seed=2**63 - 1, stop=("zz",),
                                    json_schema=json.dumps({"type": "object"}))
     assert second.max_new_tokens == 4 and second.seed == 7  # max_completion_tokens wins
     assert rest[0].seed != rest[1].seed  # unseeded requests sample differently

@@ -137,6 +137,12 @@ def test_sampling_comes_as_params_or_keywords_not_both(tiny_model):
         tiny_model.generate("Hi", temprature=0.5)
 
 
+def test_a_json_schema_constrains_the_answer(tiny_model):
+    schema = json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]})
+    constrained = tiny_model.generate("Hi", json_schema=schema, max_new_tokens=8)
+    assert constrained.startswith("{") and "Hello" not in constrained  # the grammar overrides the weights
+
+
 def test_a_stop_string_ends_the_answer_before_it(tiny_model):
     *pieces, last = tiny_model.stream_generate("Hi", stop=("o w", "zzz"))
     assert "".join(p.text for p in pieces) == "Hell"

@@ -167,6 +167,7 @@ BAD_CHAT = [
     ("tools", {"messages": M, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ("seed a string", {"messages": M, "seed": "1"}, "seed"),
     ("top_k huge", {"messages": M, "top_k": 2**64}, "top_k"),
+    ("repetition_penalty zero", {"messages": M, "repetition_penalty": 0}, "repetition_penalty"),
     ("tool_choice", {"messages": M, "tool_choice": "required"}, "tool_choice"),
     ("functions", {"messages": M, "functions": [{"name": "f"}]}, "functions"),
     ("top_logprobs", {"messages": M, "top_logprobs": 3}, "top_logprobs"),

@@ -88,6 +88,7 @@ class _Sampling(_Strict):
     temperature: Temperature | None = None
     top_p: TopP | None = None
     top_k: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None  # not OpenAI's; llama-server and vLLM take it
+    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None  # not OpenAI's either; as vLLM's
     seed: int | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     stream: bool = False
@@ -123,6 +124,7 @@ class _Sampling(_Strict):
             temperature=self.temperature or 0.0,  # greedy unless asked, as `ovchat generate`
             top_p=self.top_p if self.top_p is not None else 1.0,
             top_k=self.top_k or 0,
+            repetition_penalty=self.repetition_penalty or 1.0,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
             # Unseeded sampling must differ between requests: GenAI's default seed is a constant.

@@ -199,7 +199,7 @@ class Serving:
         budget = min(asked or settings.max_tokens_limit, settings.max_tokens_limit, context - len(ids))
         job = self._submit(ids, req.sampling(budget, schema))
         self.metrics.count("ovchat_prompt_tokens_total", len(ids))
-        answer = Answer(self.batch, job, self.served.tokenizer, req.stops())
+        answer = Answer(self.batch, job, self.served.tokenizer, list(job.sampling.stop))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if req.stream:
