@@ -54,6 +54,46 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
+def _defined(path: Path) -> set[str]:
+    """Names a module defines at its top level (functions, classes, assignments, imports)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    return names
+
+
+def unresolved(name: str, path: Path, modules: dict[str, Path]) -> list[str]:
+    """Imports of the package, lazy ones included, that name no module and nothing the module defines:
+    they would fail only when that code path runs."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    missing = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            missing += [a.name for a in node.names if a.name.startswith("ovchat.") and a.name not in modules]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            if not base.startswith("ovchat"):
+                continue
+            if base not in modules:
+                missing.append(base)
+                continue
+            defined = _defined(modules[base])
+            missing += [
+                f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" not in modules and a.name not in defined
+            ]
+    return missing
+
+
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan)."""
     index: dict[str, int] = {}
@@ -104,6 +144,18 @@ def test_no_import_cycle_inside_the_package():
     # that read its version import it back.
     graph["ovchat"] = set()
     assert _cycles(graph) == []
+
+
+def test_every_import_inside_the_package_resolves():
+    modules = _modules()
+    assert {n: m for n, p in modules.items() if (m := unresolved(n, p, modules))} == {}
+
+
+def test_the_resolver_sees_a_stale_lazy_import(tmp_path):
+    stale = tmp_path / "stale.py"
+    stale.write_text("def f():\n    from . import gguf\n    from .build import export, nothing\n")
+    modules = {**_modules(), "ovchat.stale": stale}
+    assert unresolved("ovchat.stale", stale, modules) == ["ovchat.gguf", "ovchat.build.nothing"]
 
 
 def test_no_module_is_over_400_lines():

@@ -189,7 +189,7 @@ def _gguf_reference(gguf_file: Path, source: catalog.Source, log) -> Path:
     target = catalog.models_home() / "references" / f"{source.name}-fp32-{digest}"
     if (target / "config.json").is_file():
         return target
-    from .. import gguf
+    from ..build import gguf
 
     _need_torch("the reference model")
     log(f"converting {gguf_file.name} to a float32 Hugging Face folder for the reference (once, into {target})")
