@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import statistics
 from pathlib import Path
 
@@ -24,34 +23,6 @@ from ovchat.eval.scoring import DEFAULT_PROMPTS, DEFAULT_TEXT
 
 # The tiny Phi-3 is wired to continue "\n" → "Hello" → " world" → "!" → <|end|>: a text it predicts well.
 CHAIN_TEXT = "\nHello world!<|end|>" * 30
-
-
-@pytest.fixture(scope="module")
-def noisy_dir(ovchat_home: Path, tiny_phi3_dir: Path) -> Path:
-    """A damaged copy of the tiny Phi-3: noise on every weight (which also brings its attention to life)."""
-    path = ovchat_home / "src" / "tiny-phi3-noisy"
-    if not path.is_dir():
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        partial = path.with_name(".tiny-phi3-noisy-partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(tiny_phi3_dir, partial)  # tokenizer and generation config
-        model = AutoModelForCausalLM.from_pretrained(str(tiny_phi3_dir), dtype=torch.float32)
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for weight in model.parameters():
-                weight.add_(torch.randn(weight.shape, generator=generator) * 0.1)
-        model.save_pretrained(partial)
-        partial.rename(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def noisy_ov(noisy_dir: Path) -> Path:
-    import ovchat
-
-    return ovchat.export(str(noisy_dir), weight_format="fp16")
 
 
 @pytest.fixture
