@@ -36,8 +36,8 @@ def _code_key() -> str:
     return h.hexdigest()[:12]
 
 
-# Fixtures of the end-to-end tier: a test that uses one is in it, whatever its marks say, so the fast
-# tier never exports SmolLM2 or starts a server.
+# Fixtures of the end-to-end tier (SmolLM2 and the server on it): a test that uses one is in that
+# tier whatever its marks say, so the fast tier never waits for SmolLM2's export.
 END_TO_END_FIXTURES = {"smollm2_ov", "smollm2", "server"}
 
 

@@ -96,6 +96,7 @@ def test_what_breaks_batch_invariance_is_named():
     assert (bf16 is None) == precision.has_amx()
 
 
+@pytest.mark.slow  # real servers
 def test_serve_can_trade_batch_invariance_for_speed(tiny_phi3_ov, tmp_path):
     fast = Server(tiny_phi3_ov, "--no-batch-invariant", log_path=tmp_path / "fast.log")
     try:
