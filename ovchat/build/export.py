@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from .. import catalog, manifest
@@ -118,7 +118,8 @@ def optimum_converter(source_dir: Path, out_dir: Path, recipe: Recipe, log_path:
     # optimum-intel's own command, in a child process: exactly the sample's export, and the memory
     # of the float model is returned to the system when it ends.
     if recipe.data_aware:
-        cmd = [sys.executable, "-m", "ovchat.build.calibrate", str(source_dir), str(out_dir), json.dumps(asdict(recipe))]
+        recipe_json = json.dumps(asdict(recipe))
+        cmd = [sys.executable, "-m", "ovchat.build.calibrate", str(source_dir), str(out_dir), recipe_json]
         log(f"exporting with optimum-intel ({recipe.tag}, calibrated on shipped text); a small model takes minutes")
     else:
         cmd = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(source_dir)]
