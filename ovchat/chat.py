@@ -126,11 +126,14 @@ def _command(session: ChatSession, text: str) -> bool:
 
 
 def _print(stream) -> None:
+    chunk = None
     for chunk in stream:
         sys.stdout.write(chunk.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
+    if chunk is not None and chunk.stopped_loop:
+        _err("[stopped a repeating answer]")
 
 
 def _print_stats(session: ChatSession, verbose: bool) -> None:

@@ -17,7 +17,7 @@ from . import runtime
 from .errors import OvchatError, describe
 from .precision import Precision
 from .runtime import Message
-from .sampling import SamplingParams, StopMatcher, generation_config
+from .sampling import LoopGuard, SamplingParams, StopMatcher, generation_config
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class GenerationResponse:
     time_to_first_token: float | None = None  # seconds, tokenization and prefill included
     tokens_per_second: float | None = None  # decode rate after the first token
     cached_tokens: int = 0  # prompt tokens shared with the previous call, whose KV is reused (not re-read)
+    stopped_loop: bool = False  # the loop guard ended the answer: it had started repeating itself
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -208,12 +209,20 @@ class Model:
                 prompt_lookup=self.prompt_lookup,
                 apply_chat_template=not isinstance(inputs, str),
             )
-            yield from self._run(inputs, ids, config, budget, started, StopMatcher(sampling.stop))
+            guard = LoopGuard() if sampling.loop_guard else None
+            yield from self._run(inputs, ids, config, budget, started, StopMatcher(sampling.stop), guard)
         finally:
             self._lock.release()
 
     def _run(
-        self, inputs, ids: list[int], config, budget: int, started: float, matcher: StopMatcher
+        self,
+        inputs,
+        ids: list[int],
+        config,
+        budget: int,
+        started: float,
+        matcher: StopMatcher,
+        guard: LoopGuard | None,
     ) -> Iterator[GenerationResponse]:
         # The pipeline's prefix cache keeps the KV of earlier requests: the prompt's common prefix with
         # the previous call (prompt + answer) is not read again. With a growing conversation that is
@@ -242,6 +251,8 @@ class Model:
                     generated += value
                     first = first or stamp
                     last = stamp
+                    if guard is not None and guard.push(value):
+                        stop.set()  # a loop: the pipeline ends at the next token
                 elif kind == "text":
                     if text := matcher.push(value):
                         yield GenerationResponse(text, len(generated), len(ids), cached_tokens=cached)
@@ -263,10 +274,11 @@ class Model:
         if tail := matcher.flush():
             yield GenerationResponse(tail, len(generated), len(ids), cached_tokens=cached)
         count = len(generated)
-        ended = matcher.stopped or generated and generated[-1] in self.stop_token_ids or count < budget
+        looped = guard is not None and guard.tripped
+        ended = looped or matcher.stopped or generated and generated[-1] in self.stop_token_ids or count < budget
         ttft = first - started if first else None
         rate = (count - 1) / (last - first) if count > 1 and last > first else None
-        yield GenerationResponse("", count, len(ids), "stop" if ended else "length", ttft, rate, cached)
+        yield GenerationResponse("", count, len(ids), "stop" if ended else "length", ttft, rate, cached, looped)
 
     def generate(self, prompt: str | Sequence[Message], **kwargs) -> str:
         """The whole answer as one string (see stream_generate for the arguments)."""

@@ -18,7 +18,9 @@ MAX_STOP_STRINGS = 4  # as OpenAI's API
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens. temperature 0 is greedy; top_k 0 means no limit; `stop` strings end the
-    answer (and are not part of it); `json_schema` (a JSON text) constrains the answer to it."""
+    answer (and are not part of it); `json_schema` (a JSON text) constrains the answer to it;
+    `no_repeat_ngram_size` N forbids any N tokens in a row twice (0: off); `loop_guard` ends an
+    answer that has started repeating itself (see LoopGuard)."""
 
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
@@ -30,6 +32,8 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     json_schema: str | None = None
+    no_repeat_ngram_size: int = 0
+    loop_guard: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -52,6 +56,9 @@ class SamplingParams:
             ("stop", len(self.stop) <= MAX_STOP_STRINGS and all(isinstance(s, str) and s for s in self.stop),
              f"up to {MAX_STOP_STRINGS} non-empty strings"),
             ("json_schema", self.json_schema is None or isinstance(self.json_schema, str), "a JSON text or None"),
+            ("no_repeat_ngram_size", isinstance(self.no_repeat_ngram_size, int) and self.no_repeat_ngram_size >= 0,
+             "0 (off) or a positive integer"),
+            ("loop_guard", isinstance(self.loop_guard, bool), "True or False"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -75,8 +82,8 @@ def generation_config(
     apply_chat_template: bool = False,
 ):
     """OpenVINO GenAI's GenerationConfig for `params` (the one translation). `max_new_tokens` overrides
-    the params' budget (what is left of the context, or of a resumed request). Stop strings are not
-    here: whoever turns tokens into text cuts it with a StopMatcher, so no part of one is ever shown."""
+    the params' budget (what is left of the context, or of a resumed request). Stop strings and the
+    loop guard are not here: whoever streams the tokens applies them (StopMatcher, LoopGuard)."""
     import openvino_genai as ov_genai
 
     config = ov_genai.GenerationConfig()
@@ -86,6 +93,8 @@ def generation_config(
     config.repetition_penalty = params.repetition_penalty
     config.presence_penalty = params.presence_penalty
     config.frequency_penalty = params.frequency_penalty
+    if params.no_repeat_ngram_size:
+        config.no_repeat_ngram_size = params.no_repeat_ngram_size
     if prompt_lookup:
         config.num_assistant_tokens = PROMPT_LOOKUP_TOKENS
         config.max_ngram_size = PROMPT_LOOKUP_NGRAM
@@ -128,3 +137,46 @@ class StopMatcher:
     def flush(self) -> str:
         out, self.pending = self.pending, ""
         return "" if self.stopped else out
+
+
+# The loop guard's thresholds, chosen on SmolLM2-135M's answers (benchmarks/loops.py, docs/quality.md):
+LOOP_MAX_PERIOD = 128  # the longest repeating span looked for, in tokens
+LOOP_REPEATS = 4  # how many times in a row a span must occur ...
+LOOP_MIN_TOKENS = 96  # ... over at least this many tokens (so "yes" asked for 30 times goes through)
+LOOP_MATCH = 0.9  # share of positions equal to the token one span earlier (list numbers may differ)
+
+
+class LoopGuard:
+    """Notices that an answer has started repeating itself: a span of up to LOOP_MAX_PERIOD tokens
+    recurring LOOP_REPEATS times in a row over LOOP_MIN_TOKENS tokens, all but a few tokens verbatim
+    (so "4. Learn a language" after "3. Learn a language" counts). O(LOOP_MAX_PERIOD) per token."""
+
+    def __init__(
+        self,
+        max_period: int = LOOP_MAX_PERIOD,
+        repeats: int = LOOP_REPEATS,
+        min_tokens: int = LOOP_MIN_TOKENS,
+        match: float = LOOP_MATCH,
+    ):
+        self.max_period, self.repeats, self.min_tokens, self.match = max_period, repeats, min_tokens, match
+        self.ids: list[int] = []
+        # For each period p: how many of the last window(p) positions equal the token p earlier.
+        self.window = [0] + [max((repeats - 1) * p, min_tokens - p) for p in range(1, max_period + 1)]
+        self.hits = [0] * (max_period + 1)
+        self.tripped = False
+
+    def push(self, tokens: Sequence[int]) -> bool:
+        """Take new tokens; True once the answer repeats itself (and from then on)."""
+        ids, hits, window = self.ids, self.hits, self.window
+        for token in tokens:
+            ids.append(token)
+            i = len(ids) - 1
+            for p in range(1, min(self.max_period, i) + 1):
+                hits[p] += ids[i] == ids[i - p]
+                old = i - window[p]  # the position leaving the window
+                if old - p >= 0:
+                    hits[p] -= ids[old] == ids[old - p]
+                if old - p >= -1 and hits[p] >= self.match * window[p]:
+                    self.tripped = True
+        return self.tripped
+

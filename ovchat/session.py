@@ -32,6 +32,7 @@ class TurnStats:
     tokens_per_second: float | None = None
     dropped_turns: int = 0
     cut: bool = False
+    stopped_loop: bool = False  # the loop guard ended the answer
 
     def line(self) -> str:
         rate = f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second else "n/a"
@@ -118,6 +119,7 @@ class ChatSession:
                     stats.cut = False
                     stats.time_to_first_token = chunk.time_to_first_token
                     stats.tokens_per_second = chunk.tokens_per_second
+                    stats.stopped_loop = chunk.stopped_loop
                 yield chunk
         except OvchatError:
             self.messages = previous  # the model never answered: the history stays as it was

@@ -249,6 +249,25 @@ async def test_stop_strings_cut_exactly(served, batch, stop, text):
         assert batch.cancelled == ["stop string", "stop string"]
 
 
+async def test_a_repeating_answer_is_ended_and_counted(served, batch, hello):
+    # The engine loops: "Hello world!" again and again, past any sensible answer.
+    batch.script = hello[:-1] * 60 + hello[-1:]
+    async with client(served, batch) as http:
+        whole = (await http.post("/v1/chat/completions", json={"messages": HI})).json()
+        streamed = await http.post("/v1/chat/completions", json={"messages": HI, "stream": True})
+        unguarded = (await http.post("/v1/chat/completions", json={"messages": HI, "loop_guard": False})).json()
+        metrics = (await http.get("/metrics")).text
+    text = whole["choices"][0]["message"]["content"]
+    assert text.startswith("Hello world!Hello world!") and whole["choices"][0]["finish_reason"] == "stop"
+    assert whole["usage"]["completion_tokens"] < 128  # ended after a few repeats, not at the end of the script
+    chunks = sse_events(streamed.text)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == text
+    assert batch.cancelled == ["loop", "loop"]  # the engine is told to stop generating
+    assert unguarded["choices"][0]["message"]["content"] == "Hello world!" * 60  # asked for: no guard
+    assert "ovchat_loops_stopped_total 2" in metrics
+    assert [s.loop_guard for s in batch.sampling] == [True, True, False]
+
+
 # -- refusals before the engine ---------------------------------------------------------------------------
 @pytest.mark.parametrize("body,param", [(b, p) for _, b, p in BAD_CHAT], ids=[n for n, _, _ in BAD_CHAT])
 async def test_bad_chat_input_is_a_400(served, batch, body, param):

@@ -143,6 +143,16 @@ def test_a_json_schema_constrains_the_answer(tiny_model):
     assert constrained.startswith("{") and "Hello" not in constrained  # the grammar overrides the weights
 
 
+def test_the_loop_guard_ends_a_looping_answer(tiny_model):
+    # Held to a JSON grammar it cannot fill, the tiny model writes "{" and then newlines forever.
+    schema = json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]})
+    *_, guarded = tiny_model.stream_generate("Hi", json_schema=schema, max_new_tokens=400)
+    assert guarded.stopped_loop and guarded.finish_reason == "stop" and guarded.token_count < 200
+    *_, unguarded = tiny_model.stream_generate("Hi", json_schema=schema, max_new_tokens=400, loop_guard=False)
+    assert not unguarded.stopped_loop and unguarded.finish_reason == "length"
+    assert unguarded.token_count == tiny_model.context_length - unguarded.prompt_tokens  # to the end of the context
+
+
 def test_a_stop_string_ends_the_answer_before_it(tiny_model):
     *pieces, last = tiny_model.stream_generate("Hi", stop=("o w", "zzz"))
     assert "".join(p.text for p in pieces) == "Hell"

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from ovchat import OvchatError, SamplingParams
-from ovchat.sampling import StopMatcher, generation_config
+from ovchat.sampling import LoopGuard, StopMatcher, generation_config
 
 
 def test_every_field_reaches_the_generation_config():
@@ -37,6 +37,7 @@ def test_every_field_reaches_the_generation_config():
 def test_greedy_by_default_and_prompt_lookup_drafts():
     config = generation_config(SamplingParams(), (), prompt_lookup=True)
     assert not config.do_sample and config.max_new_tokens == 1024
+    assert generation_config(SamplingParams(no_repeat_ngram_size=3), ()).no_repeat_ngram_size == 3
     assert config.num_assistant_tokens == 5 and config.max_ngram_size == 3
     assert config.structured_output_config is None
 
@@ -62,6 +63,33 @@ def test_params_are_frozen_picklable_and_normalise_stop():
 def test_bad_params_are_named(kwargs, message):
     with pytest.raises(OvchatError, match=message):
         SamplingParams(**kwargs)
+
+
+def _trips_at(guard: LoopGuard, ids: list[int]) -> int | None:
+    return next((i for i, token in enumerate(ids) if guard.push([token])), None)
+
+
+def test_the_loop_guard_ends_verbatim_and_numbered_repetition():
+    sentence = list(range(100, 120))  # a 20-token sentence, again and again
+    at = _trips_at(LoopGuard(), sentence * 20)
+    assert at is not None and 60 <= at < 130  # after a few repeats, long before the budget
+    numbered = [t for k in range(40) for t in [500 + k, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]]  # "3. item", "4. item"
+    assert _trips_at(LoopGuard(), numbered) is not None
+    assert _trips_at(LoopGuard(), [1] * 300) is not None  # one token forever
+    guard = LoopGuard()
+    guard.push(sentence * 20)
+    assert guard.tripped and guard.push([1])  # and it stays tripped
+
+
+def test_the_loop_guard_lets_ordinary_and_short_repetitive_answers_through():
+    import random
+
+    rng = random.Random(0)
+    assert _trips_at(LoopGuard(), [rng.randrange(2000) for _ in range(2000)]) is None
+    assert _trips_at(LoopGuard(), [rng.randrange(30) for _ in range(2000)]) is None  # a small vocabulary
+    assert _trips_at(LoopGuard(), [42, 11] * 30) is None  # "yes, yes, ..." asked for 30 times
+    counting = [t for n in range(1, 41) for t in (1000 + n, 13)]  # "1\n2\n...40\n": no span repeats
+    assert _trips_at(LoopGuard(), counting) is None
 
 
 def test_stop_matcher_holds_back_what_could_become_a_stop_string():

@@ -108,7 +108,20 @@ sampling_options = _options(
         show_default=True,
         help="Lower a token's odds by how often it was generated (negative: raise them).",
     ),
+    click.option(
+        "--no-repeat-ngram-size",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Never generate the same N tokens in a row twice (0: off).",
+    ),
     click.option("--seed", type=int, help="Random seed for sampling."),
+    click.option(
+        "--loop-guard/--no-loop-guard",
+        default=True,
+        show_default=True,
+        help="End an answer that has started repeating itself.",
+    ),
 )
 
 # What generate and chat share: the model, where it runs, and how tokens are picked.

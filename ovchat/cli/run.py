@@ -50,6 +50,8 @@ def generate(
         else:
             pieces.append(last.text)
     click.echo("".join(pieces))
+    if last is not None and last.stopped_loop:
+        _log("[stopped a repeating answer]")
     if verbose and last is not None:
         rate = f"{last.tokens_per_second:.1f} tok/s" if last.tokens_per_second else "n/a"
         _log(

@@ -48,7 +48,7 @@ class Job:
     first_token: float | None = None
     last_token: float | None = None
     generated: int = 0
-    cancel_reason: str | None = None  # "client" (it left) | "stop string" (the answer is complete)
+    cancel_reason: str | None = None  # "client" (it left) | "stop string" | "loop" (the answer is complete)
 
 
 class BatchEngine:

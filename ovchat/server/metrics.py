@@ -44,6 +44,7 @@ class Metrics:
             "ovchat_prompt_tokens_total": ["Prompt tokens of admitted requests.", 0],
             "ovchat_generation_tokens_total": ["Tokens generated.", 0],
             "ovchat_requests_cancelled_total": ["Generations stopped because the client left.", 0],
+            "ovchat_loops_stopped_total": ["Answers the loop guard ended: they had started repeating themselves.", 0],
         }
         self.ttft = Histogram("ovchat_time_to_first_token_seconds", "From arrival to the first token.")
         self.tpot = Histogram("ovchat_time_per_output_token_seconds", "Mean time between tokens, per request.")

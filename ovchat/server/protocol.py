@@ -89,6 +89,8 @@ class _Sampling(_Strict):
     top_p: TopP | None = None
     top_k: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None  # not OpenAI's; llama-server and vLLM take it
     repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None  # not OpenAI's either; as vLLM's
+    no_repeat_ngram_size: Annotated[int, Field(ge=0, le=1024)] | None = None  # ovchat's (as transformers')
+    loop_guard: bool = True  # ovchat's: end an answer that has started repeating itself
     seed: int | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     stream: bool = False
@@ -125,6 +127,8 @@ class _Sampling(_Strict):
             top_p=self.top_p if self.top_p is not None else 1.0,
             top_k=self.top_k or 0,
             repetition_penalty=self.repetition_penalty or 1.0,
+            no_repeat_ngram_size=self.no_repeat_ngram_size or 0,
+            loop_guard=self.loop_guard,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
             # Unseeded sampling must differ between requests: GenAI's default seed is a constant.

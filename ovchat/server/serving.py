@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from .. import runtime
 from ..config import SERVE_STALL_SECONDS, format_ms
 from ..errors import OvchatError
-from ..sampling import StopMatcher
+from ..sampling import LoopGuard, StopMatcher
 from .batching import BatchEngine, EngineUnavailable, Job, Overloaded
 from .detok import IncrementalDecoder
 from .metrics import Metrics
@@ -39,11 +39,13 @@ class Piece:
 
 
 class Answer:
-    """Turns one job's token batches into text pieces: stop strings cut here, exactly."""
+    """Turns one job's token batches into text pieces: stop strings cut here, exactly, and the loop
+    guard ends an answer that repeats itself."""
 
-    def __init__(self, batch: BatchEngine, job: Job, tokenizer, stops: list[str]):
-        self.batch, self.job = batch, job
-        self.decoder, self.matcher = IncrementalDecoder(tokenizer), StopMatcher(stops)
+    def __init__(self, batch: BatchEngine, job: Job, tokenizer, on_loop: Callable[[], None] = lambda: None):
+        self.batch, self.job, self.on_loop = batch, job, on_loop
+        self.decoder, self.matcher = IncrementalDecoder(tokenizer), StopMatcher(job.sampling.stop)
+        self.guard = LoopGuard() if job.sampling.loop_guard else None
         self.done = False
         self.tokens = 0  # tokens behind the text so far (after a stop string, no more are counted)
 
@@ -59,9 +61,12 @@ class Answer:
         if finish and finish.startswith("error:"):
             self.done = True
             raise GenerationFailed(finish.removeprefix("error:"))
-        if self.matcher.stopped:  # a stop string: we end the answer here and stop the engine
+        looped = not self.matcher.stopped and self.guard is not None and self.guard.push(update.tokens)
+        if self.matcher.stopped or looped:  # a stop string or a loop: we end the answer here and stop the engine
             if not finish:
-                self.batch.cancel(self.job, why="stop string")
+                self.batch.cancel(self.job, why="stop string" if self.matcher.stopped else "loop")
+            if looped:
+                self.on_loop()
             self.done = True
             return Piece(text, "stop")
         if finish:
@@ -116,6 +121,9 @@ class Serving:
             metrics.ttft.observe(job.first_token - job.submitted)
             if job.generated > 1:
                 metrics.tpot.observe((job.last_token - job.first_token) / (job.generated - 1))
+
+    def _count_loop(self) -> None:
+        self.metrics.count("ovchat_loops_stopped_total")
 
     # -- what the model is and how it is doing -----------------------------------------------------
     def health(self) -> tuple[dict, int]:
@@ -199,7 +207,7 @@ class Serving:
         budget = min(asked or settings.max_tokens_limit, settings.max_tokens_limit, context - len(ids))
         job = self._submit(ids, req.sampling(budget, schema))
         self.metrics.count("ovchat_prompt_tokens_total", len(ids))
-        answer = Answer(self.batch, job, self.served.tokenizer, list(job.sampling.stop))
+        answer = Answer(self.batch, job, self.served.tokenizer, self._count_loop)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if req.stream:

@@ -1,0 +1,196 @@
+"""Repetition loops: how often answers fall into one, how long they are, and what the loop guard does.
+
+    .venv/bin/python benchmarks/loops.py [--model smollm2-135m] [--configs greedy,card,ollama]
+
+Prompts: the 58 shipped chat prompts, 20 everyday questions of our own, and 6 that ask for a
+repetitive answer (which the guard must let through). Every answer is generated once per sampling
+configuration with the guard off and up to 1024 new tokens; the guard is then replayed on its
+tokens, so one run scores every threshold. An answer "loops" when it reaches the token limit (no
+answer to these prompts needs 1024 tokens; every one that reached it was read and was a loop).
+Writes results/loops_<model>.{md,json} (the json keeps every answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LIMIT = 1024
+
+EVERYDAY = [
+    "What should I pack for a weekend hiking trip?",
+    "Write a thank-you note to a teacher.",
+    "How can I get better at waking up early?",
+    "Give me ideas for a birthday party for a ten-year-old.",
+    "What are some healthy snacks I can take to work?",
+    "How do I start learning to play the guitar?",
+    "Write a short message to a neighbour asking them to water my plants.",
+    "What are good questions to ask at the end of a job interview?",
+    "How can I save money on groceries?",
+    "Plan a simple three-day trip to Rome.",
+    "What can I cook with eggs, spinach and cheese?",
+    "How do I politely decline an invitation to a wedding?",
+    "Give me a weekly exercise plan for a beginner.",
+    "What are the benefits of reading before bed?",
+    "Write a short speech for my sister's graduation.",
+    "How do I keep houseplants alive?",
+    "What should I consider when buying a used car?",
+    "Suggest some hobbies I can do at home in winter.",
+    "How do I make my small apartment feel bigger?",
+    "Explain how to change a flat tire on a bicycle.",
+]
+# Answers that should repeat: (prompt, a piece the answer must reach before any cut).
+ASKED = [
+    ("Write the word 'yes' 30 times, separated by spaces.", None),
+    ("Count from 1 to 40, one number per line.", "40"),
+    ("Repeat the sentence 'I love learning new things.' five times.", None),
+    ("Write a short song with the chorus 'Sing it loud, sing it proud' after each verse.", None),
+    ("List the days of the week, then list them again in reverse order.", None),
+    ("Write 'Hello' ten times, each on its own line.", None),
+]
+CONFIGS = {
+    "greedy": {},  # ovchat generate's contract, and every path's default today
+    "card": {"temperature": 0.2, "top_p": 0.9},  # SmolLM2-Instruct's model card
+    "ollama": {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1},  # Ollama's defaults
+}
+# Guard thresholds replayed on every answer: (repeats, min_tokens, match).
+GRID = [(r, m, f) for r in (3, 4) for m in (64, 96, 128, 192) for f in (0.85, 0.9, 1.0)]
+
+
+def prompts() -> list[dict]:
+    from ovchat.eval.answers import load_prompts
+    from ovchat.eval.scoring import DEFAULT_PROMPTS
+
+    items = [{"prompt": p["prompt"], "set": "shipped"} for p in load_prompts(DEFAULT_PROMPTS)]
+    items += [{"prompt": p, "set": "everyday"} for p in EVERYDAY]
+    items += [{"prompt": p, "set": "asked", "must_reach": reach} for p, reach in ASKED]
+    return items
+
+
+def collect(model_spec: str, configs: list[str], seed: int) -> list[dict]:
+    import ovchat
+
+    model = ovchat.load(model_spec)
+    rows = []
+    for config in configs:
+        for n, item in enumerate(prompts()):
+            started = time.perf_counter()
+            text, last = "", None
+            params = {**CONFIGS[config], "max_new_tokens": LIMIT, "loop_guard": False}
+            if CONFIGS[config]:
+                params["seed"] = seed + n
+            for last in model.stream_generate(item["prompt"], **params):
+                text += last.text
+            ids = model.encode(text, add_special_tokens=False)
+            rows.append({**item, "config": config, "answer": text, "ids": ids, "tokens": last.token_count,
+                         "finish": last.finish_reason, "seconds": round(time.perf_counter() - started, 2)})
+            print(f"{config:7s} {n:3d} {last.token_count:5d} tokens  {item['prompt'][:60]}", file=sys.stderr)
+    return rows
+
+
+def trip(ids: list[int], repeats: int, min_tokens: int, match: float) -> int | None:
+    """Where the guard would end this answer (a token index), or None."""
+    from ovchat.sampling import LoopGuard
+
+    guard = LoopGuard(repeats=repeats, min_tokens=min_tokens, match=match)
+    return next((i for i, token in enumerate(ids) if guard.push([token])), None)
+
+
+def score(rows: list[dict]) -> dict:
+    """Per config and per guard setting: loops, guard catches, false cuts, answer lengths."""
+    out: dict = {}
+    for config in dict.fromkeys(r["config"] for r in rows):
+        mine = [r for r in rows if r["config"] == config]
+        chat = [r for r in mine if r["set"] != "asked"]
+        loops = [r for r in chat if r["tokens"] >= LIMIT]
+        settings = {}
+        for repeats, min_tokens, match in GRID:
+            cuts = {id(r): trip(r["ids"], repeats, min_tokens, match) for r in mine}
+            after = [cuts[id(r)] + 1 if cuts[id(r)] is not None else r["tokens"] for r in chat]
+            cut_asked = [r["prompt"] for r in mine if r["set"] == "asked" and cuts[id(r)] is not None]
+            cut_fine = [r["prompt"] for r in chat if r["tokens"] < LIMIT and cuts[id(r)] is not None]
+            settings[f"r{repeats}-m{min_tokens}-f{match:g}"] = {
+                "loops_caught": sum(cuts[id(r)] is not None for r in loops),
+                "loops_left_at_limit": sum(cuts[id(r)] is None for r in loops),
+                "cut_tokens_median": statistics.median([cuts[id(r)] + 1 for r in loops if cuts[id(r)] is not None]
+                                                       or [0]),
+                "finished_answers_cut": cut_fine,
+                "asked_repetition_cut": cut_asked,
+                "median_tokens": statistics.median(after),
+            }
+        out[config] = {
+            "answers": len(chat),
+            "loops": len(loops),
+            "loop_share": round(len(loops) / len(chat), 3),
+            "median_tokens": statistics.median(r["tokens"] for r in chat),
+            "seconds": round(sum(r["seconds"] for r in mine), 1),
+            "guard": settings,
+        }
+    return out
+
+
+def table(model: str, scores: dict, chosen: str) -> str:
+    lines = [
+        f"# Repetition loops: {model}",
+        "",
+        f"`python benchmarks/loops.py --model {model}`; {LIMIT} new tokens at most, the guard replayed on every",
+        "answer's tokens. An answer loops when it reaches the limit.",
+        "",
+        f"| sampling | answers | loop (share) | median tokens | with the guard ({chosen}): loops left at the limit "
+        "| median tokens | finished answers cut | asked-for repetition cut |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for config, s in scores.items():
+        g = s["guard"][chosen]
+        lines.append(
+            f"| {config} {CONFIGS[config] or '(greedy)'} | {s['answers']} | {s['loops']} ({s['loop_share']:.0%}) "
+            f"| {s['median_tokens']:.0f} | {g['loops_left_at_limit']} | {g['median_tokens']:.0f} "
+            f"| {len(g['finished_answers_cut'])} | {len(g['asked_repetition_cut'])} |"
+        )
+    lines += ["", "Every guard setting (repeats, minimum tokens, share matching):", ""]
+    lines.append("| sampling | setting | loops caught | left | cut at (median tokens) | finished cut | asked cut |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for config, s in scores.items():
+        for name, g in s["guard"].items():
+            lines.append(
+                f"| {config} | {name} | {g['loops_caught']} | {g['loops_left_at_limit']} "
+                f"| {g['cut_tokens_median']:.0f} | {len(g['finished_answers_cut'])} "
+                f"| {len(g['asked_repetition_cut'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rescore", action="store_true", help="Score the saved answers again (no generation).")
+    args = parser.parse_args()
+    from ovchat import bench, catalog
+    from ovchat.sampling import LOOP_MATCH, LOOP_MIN_TOKENS, LOOP_REPEATS
+
+    name = catalog.resolve(args.model).name if not Path(args.model).exists() else Path(args.model).name
+    out = HERE / "results" / f"loops_{name}"
+    if args.rescore:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        rows, machine = saved["answers"], saved["machine"]
+    else:
+        rows, machine = collect(args.model, args.configs.split(","), args.seed), bench.machine()
+    chosen = f"r{LOOP_REPEATS}-m{LOOP_MIN_TOKENS}-f{LOOP_MATCH:g}"
+    scores = score(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"model": name, "machine": machine, "scores": scores,
+                                                    "answers": rows}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(table(name, scores, chosen) + f"\nMachine: {machine['cpu']}, "
+                                      f"{machine['cores']} cores, OpenVINO {machine['openvino']}.\n")
+    print(table(name, scores, chosen))
+
+
+if __name__ == "__main__":
+    main()
