@@ -103,10 +103,11 @@ def messages(prompt: dict) -> list[dict]:
 
 
 def openvino_answers(handle, prompts: Sequence[dict], new_tokens: int, step: Callable[[], None]) -> list[str]:
-    """Greedy answers from a loaded `ovchat.Model` (OpenVINO GenAI, the model's own chat template)."""
+    """Greedy answers from a loaded `ovchat.Model` (OpenVINO GenAI, the model's own chat template). The
+    loop guard is off: the reference's answers are not guarded, and both must run the same length."""
     answers = []
     for prompt in prompts:
-        answers.append(handle.generate(messages(prompt), max_new_tokens=new_tokens))
+        answers.append(handle.generate(messages(prompt), max_new_tokens=new_tokens, loop_guard=False))
         step()
     return answers
 
