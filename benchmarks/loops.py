@@ -87,8 +87,7 @@ def collect(model_spec: str, configs: list[str], seed: int) -> list[dict]:
                 params["seed"] = seed + n
             for last in model.stream_generate(item["prompt"], **params):
                 text += last.text
-            ids = model.encode(text, add_special_tokens=False)
-            rows.append({**item, "config": config, "answer": text, "ids": ids, "tokens": last.token_count,
+            rows.append({**item, "config": config, "answer": text, "tokens": last.token_count,
                          "finish": last.finish_reason, "seconds": round(time.perf_counter() - started, 2)})
             print(f"{config:7s} {n:3d} {last.token_count:5d} tokens  {item['prompt'][:60]}", file=sys.stderr)
     return rows
@@ -225,11 +224,14 @@ def main() -> None:
     from ovchat.build.export import ensure_exported
 
     tokenizer = ov_genai.Tokenizer(str(ensure_exported(args.model)))
+    for row in rows:  # the guard reads tokens: the answer's own (kept out of the json)
+        row["ids"] = tokenizer.encode(row["answer"], add_special_tokens=False).input_ids.data[0].tolist()
     scores = score(rows, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     scores["cost"] = guard_cost(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
+    answers = [{k: v for k, v in row.items() if k != "ids"} for row in rows]
     out.with_suffix(".json").write_text(json.dumps({"model": name, "machine": machine, "scores": scores,
-                                                    "answers": rows}, indent=1) + "\n")
+                                                    "answers": answers}, indent=1) + "\n")
     out.with_suffix(".md").write_text(table(name, scores, chosen) + f"\nMachine: {machine['cpu']}, "
                                       f"{machine['cores']} cores, OpenVINO {machine['openvino']}.\n")
     print(table(name, scores, chosen))

@@ -28,12 +28,16 @@ def _first_that_loops(answer_tokens) -> str:
     pytest.fail(f"none of {LOOPING} loops here without the guard: find another (benchmarks/loops.py)")
 
 
-def test_the_library_ends_a_loop_and_leaves_an_asked_repetition(smollm2):
-    def unguarded(prompt: str) -> int:
-        *_, last = smollm2.stream_generate(prompt, max_new_tokens=BUDGET, loop_guard=False)
+def _unguarded_tokens(model):
+    def tokens(prompt: str) -> int:
+        *_, last = model.stream_generate(prompt, max_new_tokens=BUDGET, loop_guard=False)
         return last.token_count
 
-    prompt = _first_that_loops(unguarded)
+    return tokens
+
+
+def test_the_library_ends_a_loop_and_leaves_an_asked_repetition(smollm2):
+    prompt = _first_that_loops(_unguarded_tokens(smollm2))
     pieces = list(smollm2.stream_generate(prompt, max_new_tokens=BUDGET))
     last = pieces[-1]
     assert last.stopped_loop and last.finish_reason == "stop" and last.token_count < BUDGET * 2 // 3
@@ -50,11 +54,7 @@ def test_the_chat_command_says_it_stopped_a_repeating_answer(smollm2_ov, smollm2
             input=prompt + "\n", capture_output=True, text=True, timeout=300,
         )
 
-    def unguarded(prompt: str) -> int:
-        *_, last = smollm2.stream_generate(prompt, max_new_tokens=BUDGET, loop_guard=False)
-        return last.token_count
-
-    prompt = _first_that_loops(unguarded)
+    prompt = _first_that_loops(_unguarded_tokens(smollm2))
     guarded, plain = chat(prompt), chat(prompt, "--no-loop-guard")
     assert guarded.returncode == 0 and plain.returncode == 0, guarded.stderr + plain.stderr
     assert "[stopped a repeating answer]" in guarded.stderr and "repeating" not in plain.stderr
