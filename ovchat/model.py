@@ -209,7 +209,7 @@ class Model:
                 prompt_lookup=self.prompt_lookup,
                 apply_chat_template=not isinstance(inputs, str),
             )
-            guard = LoopGuard() if sampling.loop_guard else None
+            guard = LoopGuard() if sampling.guards_loops else None
             yield from self._run(inputs, ids, config, budget, started, StopMatcher(sampling.stop), guard)
         finally:
             self._lock.release()
@@ -265,12 +265,14 @@ class Model:
                     break
         finally:
             stop.set()
-            _join(worker)
-            # A stopped answer stays in the pipeline's cache too: count its tokens for the next call.
-            while not events.empty():
-                kind, value, _ = events.get_nowait()
-                generated += value if kind == "tokens" else []
-            self._kv_ids = [] if failed else ids + generated
+            try:
+                _join(worker)
+            finally:  # even when a second Ctrl-C comes through
+                # A stopped answer stays in the pipeline's cache too: count its tokens for the next call.
+                while not events.empty():
+                    kind, value, _ = events.get_nowait()
+                    generated += value if kind == "tokens" else []
+                self._kv_ids = [] if failed else ids + generated
         if tail := matcher.flush():
             yield GenerationResponse(tail, len(generated), len(ids), cached_tokens=cached)
         count = len(generated)

@@ -20,7 +20,8 @@ class SamplingParams:
     """How to pick tokens. temperature 0 is greedy; top_k 0 means no limit; `stop` strings end the
     answer (and are not part of it); `json_schema` (a JSON text) constrains the answer to it;
     `no_repeat_ngram_size` N forbids any N tokens in a row twice (0: off); `loop_guard` ends an
-    answer that has started repeating itself (see LoopGuard)."""
+    answer that has started repeating itself (see LoopGuard; not with a JSON schema, whose grammar
+    shapes the answer and whose cut would not parse)."""
 
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
@@ -36,33 +37,44 @@ class SamplingParams:
     loop_guard: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
+        if self.stop is None:
+            object.__setattr__(self, "stop", ())
+        elif isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         elif not isinstance(self.stop, tuple):
             object.__setattr__(self, "stop", tuple(self.stop))
         number = (int, float)
+
+        def integer(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
         checks = [
-            ("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens > 0, "a positive integer"),
+            ("max_new_tokens", integer(self.max_new_tokens) and self.max_new_tokens > 0, "a positive integer"),
             ("temperature", isinstance(self.temperature, number) and 0 <= self.temperature <= 2, "between 0 and 2"),
             ("top_p", isinstance(self.top_p, number) and 0 < self.top_p <= 1, "in (0, 1]"),
-            ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "0 (no limit) or a positive integer"),
+            ("top_k", integer(self.top_k) and self.top_k >= 0, "0 (no limit) or a positive integer"),
             ("repetition_penalty", isinstance(self.repetition_penalty, number) and self.repetition_penalty > 0,
              "positive"),
             ("presence_penalty", isinstance(self.presence_penalty, number) and -2 <= self.presence_penalty <= 2,
              "between -2 and 2"),
             ("frequency_penalty", isinstance(self.frequency_penalty, number) and -2 <= self.frequency_penalty <= 2,
              "between -2 and 2"),
-            ("seed", self.seed is None or isinstance(self.seed, int), "an integer or None"),
+            ("seed", self.seed is None or integer(self.seed), "an integer or None"),
             ("stop", len(self.stop) <= MAX_STOP_STRINGS and all(isinstance(s, str) and s for s in self.stop),
              f"up to {MAX_STOP_STRINGS} non-empty strings"),
             ("json_schema", self.json_schema is None or isinstance(self.json_schema, str), "a JSON text or None"),
-            ("no_repeat_ngram_size", isinstance(self.no_repeat_ngram_size, int) and self.no_repeat_ngram_size >= 0,
+            ("no_repeat_ngram_size", integer(self.no_repeat_ngram_size) and self.no_repeat_ngram_size >= 0,
              "0 (off) or a positive integer"),
             ("loop_guard", isinstance(self.loop_guard, bool), "True or False"),
         ]
         for name, ok, rule in checks:
             if not ok:
                 raise OvchatError(f"{name} must be {rule}, not {getattr(self, name)!r}")
+
+    @property
+    def guards_loops(self) -> bool:
+        """Whether the loop guard runs: asked for, and no JSON schema shapes the answer."""
+        return self.loop_guard and self.json_schema is None
 
     @classmethod
     def of(cls, **sampling) -> SamplingParams:

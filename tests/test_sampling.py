@@ -45,6 +45,8 @@ def test_greedy_by_default_and_prompt_lookup_drafts():
 def test_params_are_frozen_picklable_and_normalise_stop():
     params = SamplingParams(stop=["a", "b"])
     assert params.stop == ("a", "b") and SamplingParams(stop="x").stop == ("x",)
+    assert SamplingParams(stop=None).stop == ()  # as OpenAI's clients send it
+    assert params.guards_loops and not SamplingParams(json_schema="{}").guards_loops
     assert pickle.loads(pickle.dumps(params)) == params  # they cross into the server's engine process
     with pytest.raises(AttributeError):
         params.temperature = 1.0  # type: ignore[misc]
@@ -57,6 +59,7 @@ def test_params_are_frozen_picklable_and_normalise_stop():
         ({"temperature": "hot"}, "temperature must be between 0 and 2"),
         ({"frequency_penalty": -2.5}, "frequency_penalty must be between -2 and 2"),
         ({"seed": 1.5}, "seed must be an integer"),
+        ({"max_new_tokens": True}, "max_new_tokens must be a positive integer"),
         ({"json_schema": {"type": "object"}}, "json_schema must be a JSON text"),
     ],
 )

@@ -173,6 +173,9 @@ class _Engine:
         for rid, request in survivors.items():
             if request.cancelled:
                 updates.append((rid, [], "cancelled"))
+            elif request.sampling.json_schema is not None and request.generated:
+                # Resumed, its grammar would start again mid-answer: the JSON would not parse.
+                updates.append((rid, [], "error:the engine restarted in the middle of this answer; retry it"))
             elif finish := self.add(rid, request.ids, request.sampling, request.generated):
                 updates.append((rid, [], finish))
         return updates

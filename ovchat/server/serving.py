@@ -45,7 +45,7 @@ class Answer:
     def __init__(self, batch: BatchEngine, job: Job, tokenizer, on_loop: Callable[[], None] = lambda: None):
         self.batch, self.job, self.on_loop = batch, job, on_loop
         self.decoder, self.matcher = IncrementalDecoder(tokenizer), StopMatcher(job.sampling.stop)
-        self.guard = LoopGuard() if job.sampling.loop_guard else None
+        self.guard = LoopGuard() if job.sampling.guards_loops else None
         self.done = False
         self.tokens = 0  # tokens behind the text so far (after a stop string, no more are counted)
 
@@ -65,7 +65,8 @@ class Answer:
         if self.matcher.stopped or looped:  # a stop string or a loop: we end the answer here and stop the engine
             if not finish:
                 self.batch.cancel(self.job, why="stop string" if self.matcher.stopped else "loop")
-            if looped:
+            if looped:  # the text held back so far is part of the answer (a stop string's is not)
+                text += self.matcher.push(self.decoder.flush()) + self.matcher.flush()
                 self.on_loop()
             self.done = True
             return Piece(text, "stop")
