@@ -67,6 +67,21 @@ def verify_folder(path: Path) -> dict | None:
     return info
 
 
+def configured_stop_ids(path: Path) -> list[int]:
+    """The stop ids the folder's generation_config.json names, read by OpenVINO GenAI's own parser: the
+    ids a pipeline on this folder starts with, so a reader without a pipeline (the server) stops where
+    `ovchat.model.Model` does."""
+    import openvino_genai as ov_genai
+
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return []
+    try:
+        return sorted(ov_genai.GenerationConfig(str(file)).stop_token_ids)
+    except RuntimeError:  # unreadable: eos and the end-of-turn markers still stop
+        return []
+
+
 def encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=add_special_tokens).input_ids.data[0].tolist()
 

@@ -27,7 +27,7 @@ class Served:
 
         tokenizer = ov_genai.Tokenizer(str(path))
         config = runtime.model_config(path)
-        stops = runtime.stop_token_ids(tokenizer, configured_stop_ids(path))
+        stops = runtime.stop_token_ids(tokenizer, runtime.configured_stop_ids(path))
         context = runtime.context_length(path)
         if context_cap:
             context = min(context, context_cap)
@@ -45,16 +45,3 @@ class Served:
         width = {"f32": 4, "f16": 2, "bf16": 2, "u8": 1}.get(precision, 4)
         return 2 * layers * kv_heads * head_dim * width
 
-
-def configured_stop_ids(path: Path) -> list[int]:
-    """The stop ids the folder's generation_config.json names, read by OpenVINO GenAI's own parser: the
-    ids a pipeline on this folder starts with, so the server stops where `ovchat.model.Model` does."""
-    import openvino_genai as ov_genai
-
-    file = path / "generation_config.json"
-    if not file.is_file():
-        return []
-    try:
-        return sorted(ov_genai.GenerationConfig(str(file)).stop_token_ids)
-    except RuntimeError:  # unreadable: eos and the end-of-turn markers still stop
-        return []
