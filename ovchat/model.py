@@ -132,6 +132,8 @@ class Model:
         self.prompt_lookup = prompt_lookup
         self.name = runtime.model_name(path, info)
         self.context_length = runtime.context_length(path)
+        # A chat's sampling unless told otherwise (generate stays greedy), and where it comes from.
+        self.chat_sampling, self.chat_sampling_source = runtime.recommended_sampling(path, info)
         self.tokenizer = pipeline.get_tokenizer()
         configured = pipeline.get_generation_config().stop_token_ids
         self.stop_token_ids = runtime.stop_token_ids(self.tokenizer, configured)

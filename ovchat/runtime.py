@@ -14,6 +14,7 @@ from . import catalog, manifest
 from .config import DEFAULT_CONTEXT_LENGTH, LATENCY_CONFIG
 from .errors import OvchatError, describe
 from .precision import Precision
+from .sampling import CHAT_SAMPLING, RECOMMENDED_FIELDS, SamplingParams
 
 # End-of-turn markers of common chat formats; those present in a vocabulary stop generation.
 END_OF_TURN_TOKENS = ("<|end|>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|eom_id|>")
@@ -80,6 +81,42 @@ def configured_stop_ids(path: Path) -> list[int]:
         return sorted(ov_genai.GenerationConfig(str(file)).stop_token_ids)
     except RuntimeError:  # unreadable: eos and the end-of-turn markers still stop
         return []
+
+
+# transformers' values for the sampling fields a generation_config.json leaves out
+_TRANSFORMERS_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
+
+
+def _configured_sampling(path: Path) -> dict | None:
+    """The sampling the folder's generation_config.json recommends (do_sample true), or None."""
+    config = read_json(path / "generation_config.json")
+    if config.get("do_sample") is not True:
+        return None
+    chosen = {}
+    for name, default in _TRANSFORMERS_SAMPLING.items():
+        value = config.get(name, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        chosen[name] = type(default)(value) if ok else default
+    chosen["temperature"] = min(max(chosen["temperature"], 0.0), 2.0)  # within what SamplingParams takes
+    chosen["top_p"] = chosen["top_p"] if 0 < chosen["top_p"] <= 1 else 1.0
+    chosen["top_k"] = max(chosen["top_k"], 0)
+    chosen["repetition_penalty"] = chosen["repetition_penalty"] if chosen["repetition_penalty"] > 0 else 1.0
+    return chosen
+
+
+def recommended_sampling(path: Path, info: dict | None) -> tuple[SamplingParams, str]:
+    """How a chat with this model picks tokens unless told otherwise, and where that comes from: the
+    folder's generation_config.json when it recommends sampling, else the catalog entry's (its model
+    card), else ovchat's measured default. `ovchat generate` does not use it: it stays greedy."""
+    source = (info or {}).get("source", {})
+    entry = catalog.entry_for(source.get("spec"), source.get("identity"))
+    configured = _configured_sampling(path)
+    if configured is not None:
+        return SamplingParams(**configured), "the model's generation_config.json"
+    if entry is not None and entry.sampling is not None:
+        fields = {k: v for k, v in entry.sampling.items() if k in RECOMMENDED_FIELDS}
+        return SamplingParams(**fields), f"the {entry.alias} model card"
+    return SamplingParams(**CHAT_SAMPLING), "ovchat's default"
 
 
 def encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:

@@ -6,6 +6,7 @@ SamplingParams themselves.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 
@@ -13,11 +14,18 @@ from .config import DEFAULT_MAX_NEW_TOKENS, PROMPT_LOOKUP_NGRAM, PROMPT_LOOKUP_T
 from .errors import OvchatError
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
+# What a chat starts from when neither the model's generation_config.json nor its catalog entry
+# recommends sampling. Chosen on SmolLM2-135M's answers (benchmarks/loops.py, docs/quality.md):
+# greedy loops in a third of them; Ollama's 0.8 drifts off topic; this loops least and stays on it.
+CHAT_SAMPLING = {"temperature": 0.5, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
+# The fields a model's recommendation may set (the rest keep SamplingParams' defaults).
+RECOMMENDED_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty")
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. temperature 0 is greedy; top_k 0 means no limit; `stop` strings end the
+    """How to pick tokens. temperature 0 is greedy; top_k 0 means no limit; seed None samples differently
+    each time; `stop` strings end the
     answer (and are not part of it); `json_schema` (a JSON text) constrains the answer to it;
     `no_repeat_ngram_size` N forbids any N tokens in a row twice (0: off); `loop_guard` ends an
     answer that has started repeating itself (see LoopGuard; not with a JSON schema, whose grammar
@@ -76,6 +84,17 @@ class SamplingParams:
         """Whether the loop guard runs: asked for, and no JSON schema shapes the answer."""
         return self.loop_guard and self.json_schema is None
 
+    def summary(self) -> str:
+        """How tokens are picked, as a person reads it: "greedy" or "temperature 0.5, top-p 0.9, ..."."""
+        parts = [f"temperature {self.temperature:g}", f"top-p {self.top_p:g}"] if self.temperature > 0 else ["greedy"]
+        if self.temperature > 0 and self.top_k:
+            parts.append(f"top-k {self.top_k}")
+        if self.repetition_penalty != 1:
+            parts.append(f"repetition penalty {self.repetition_penalty:g}")
+        if self.no_repeat_ngram_size:
+            parts.append(f"no repeated {self.no_repeat_ngram_size}-grams")
+        return ", ".join(parts)
+
     @classmethod
     def of(cls, **sampling) -> SamplingParams:
         """From keyword arguments, refusing unknown names as a function call would."""
@@ -116,8 +135,8 @@ def generation_config(
         config.top_p = params.top_p
         if params.top_k:
             config.top_k = params.top_k
-        if params.seed is not None:
-            config.rng_seed = params.seed
+        # Unseeded sampling differs from answer to answer (GenAI's own default seed is a constant).
+        config.rng_seed = params.seed if params.seed is not None else secrets.randbits(63)
     if params.json_schema is not None:
         config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=params.json_schema)
     return config

@@ -49,9 +49,13 @@ class ChatSession:
 
     model: Model
     system: str | None = None
-    sampling: SamplingParams = field(default_factory=SamplingParams)
+    sampling: SamplingParams | None = None  # None: the model's chat sampling (Model.chat_sampling)
     messages: list[Message] = field(default_factory=list)  # user/assistant turns, oldest first
     stats: TurnStats | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampling is None:
+            self.sampling = self.model.chat_sampling
 
     def _head(self) -> list[Message]:
         return [{"role": "system", "content": self.system}] if self.system else []

@@ -94,6 +94,12 @@ EIGHT_PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.
                  "What is 2+2?", "Name a famous painter."]
 
 
+# Plain greedy decoding, as `ovchat generate` answers: chat, the server and the page otherwise sample as
+# the model recommends (ovchat.runtime.recommended_sampling), a repetition penalty included.
+GREEDY = {"temperature": 0, "repetition_penalty": 1.0}
+GREEDY_FLAGS = ("--temperature", "0", "--repetition-penalty", "1")
+
+
 def answers_alone_and_together(server: Server, prompts: list[str], max_tokens: int = 32) -> tuple[dict, dict]:
     """Each prompt's greedy (text, completion tokens) asked alone, then all streamed at once."""
     import threading
@@ -103,7 +109,8 @@ def answers_alone_and_together(server: Server, prompts: list[str], max_tokens: i
     solo = {}
     for p in prompts:
         answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": p}],
-                                                max_tokens=max_tokens)
+                                                max_tokens=max_tokens, temperature=0,
+                                                extra_body={"repetition_penalty": 1.0})
         solo[p] = (answer.choices[0].message.content, answer.usage.completion_tokens)
     together: dict[str, tuple[str, int]] = {}
     errors: list[BaseException] = []
@@ -113,7 +120,8 @@ def answers_alone_and_together(server: Server, prompts: list[str], max_tokens: i
         try:
             start.wait()
             stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": p}],
-                                                    max_tokens=max_tokens, stream=True,
+                                                    max_tokens=max_tokens, temperature=0, stream=True,
+                                                    extra_body={"repetition_penalty": 1.0},
                                                     stream_options={"include_usage": True})
             chunks = list(stream)
             together[p] = ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices),

@@ -15,7 +15,7 @@ from helpers import sse_payloads
 from test_server import BAD_CHAT, BAD_COMPLETION
 
 from ovchat import runtime
-from ovchat.sampling import SamplingParams
+from ovchat.sampling import CHAT_SAMPLING, SamplingParams
 from ovchat.server.batching import EngineUnavailable, Job, Overloaded, Update
 from ovchat.server.routes import create_app
 from ovchat.server.served import Served
@@ -151,7 +151,11 @@ async def test_chat_answer_and_what_the_engine_was_given(served, batch, hello):
     assert body["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": len(hello),
                              "total_tokens": len(prompt) + len(hello)}
     sampling = batch.sampling[0]
-    assert sampling.temperature == 0.0 and sampling.top_p == 1.0 and sampling.json_schema is None
+    # Left out, the sampling fields take the model's recommendation (here: ovchat's measured default).
+    assert served.sampling_source == "ovchat's default" and served.sampling.temperature > 0
+    assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.repetition_penalty) == (
+        served.sampling.temperature, served.sampling.top_p, served.sampling.top_k, served.sampling.repetition_penalty)
+    assert sampling.json_schema is None and sampling.loop_guard
     assert sampling.max_new_tokens == served.context_length - len(prompt)  # clamped to what fits
 
 
@@ -259,11 +263,15 @@ async def test_a_repeating_answer_is_ended_and_counted(served, batch, hello):
         metrics = (await http.get("/metrics")).text
     text = whole["choices"][0]["message"]["content"]
     assert text.startswith("Hello world!Hello world!") and whole["choices"][0]["finish_reason"] == "stop"
+    assert whole["choices"][0]["stopped_by"] == "loop_guard"  # said beside OpenAI's fields
     assert whole["usage"]["completion_tokens"] < 128  # ended after a few repeats, not at the end of the script
     chunks = sse_events(streamed.text)
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == text
+    assert [c["choices"][0].get("stopped_by") for c in chunks if c["choices"][0]["finish_reason"]] == ["loop_guard"]
+    assert not any("stopped_by" in c["choices"][0] for c in chunks if not c["choices"][0]["finish_reason"])
     assert batch.cancelled == ["loop", "loop"]  # the engine is told to stop generating
     assert unguarded["choices"][0]["message"]["content"] == "Hello world!" * 60  # asked for: no guard
+    assert "stopped_by" not in unguarded["choices"][0]
     assert "ovchat_loops_stopped_total 2" in metrics
     assert [s.loop_guard for s in batch.sampling] == [True, True, False]
 
@@ -417,7 +425,9 @@ async def test_models(served, batch):
                  for name in ("gpt-4", "../../etc/passwd", f"{served.name}/../x")]
         right = await http.post("/v1/completions", json={"prompt": "Hi", "model": served.path.name})
     card = {"id": served.name, "object": "model", "created": served.created, "owned_by": "ovchat",
-            "context_length": served.context_length, "max_tokens_limit": Settings().max_tokens_limit}
+            "context_length": served.context_length, "max_tokens_limit": Settings().max_tokens_limit,
+            "sampling_defaults": CHAT_SAMPLING,
+            "sampling_source": "ovchat's default"}
     assert listed == {"object": "list", "data": [card]} and one == card
     assert_error(unknown, 404, "model", "model_not_found")
     for answer in wrong:

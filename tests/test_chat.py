@@ -11,8 +11,10 @@ import sys
 
 import pexpect
 import pytest
+from helpers import GREEDY_FLAGS
 
 from ovchat import OvchatError, SamplingParams
+from ovchat.sampling import CHAT_SAMPLING
 from ovchat.session import ChatSession
 
 PROMPT = ">>> "
@@ -29,6 +31,7 @@ def spawn(*args: str, timeout: float = 120, preexec_fn=None) -> pexpect.spawn:
         preexec_fn=preexec_fn,
     )
     child.expect(PROMPT)
+    child.banner = child.before  # what it says before the first prompt
     return child
 
 
@@ -50,7 +53,8 @@ def ends_cleanly(child: pexpect.spawn) -> int:
 
 @pytest.mark.slow
 def test_conversation_in_a_terminal(smollm2_ov, tmp_path):
-    child = spawn("--model", str(smollm2_ov), "--max-new-tokens", "48")
+    child = spawn("--model", str(smollm2_ov), "--max-new-tokens", "48", *GREEDY_FLAGS)
+    assert "sampling: greedy (as asked)" in child.banner
     say(child, "Hi! I am Ada Lovelace.")  # a wording the 135M default export follows
     assert "Ada" in say(child, "What is my name?")  # the second turn sees the first
     stats = say(child, "/stats")
@@ -71,7 +75,7 @@ def test_conversation_in_a_terminal(smollm2_ov, tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_an_answer_and_the_session_goes_on(smollm2_ov, tmp_path):
-    child = spawn("--model", str(smollm2_ov), "--max-new-tokens", "1024")
+    child = spawn("--model", str(smollm2_ov), "--max-new-tokens", "1024", *GREEDY_FLAGS)
     child.sendline("Write a very long story about a cat who travels around the world.")
     child.expect("around the world.\r\n")  # the echo of the question
     child.expect(r"\w+ \w+ \w+ \w+ \w+ \w+")  # then some of the answer has streamed
@@ -111,7 +115,8 @@ def test_kv_cache_is_reused_across_turns(smollm2):
 @pytest.mark.slow
 def test_piped_stdin_prints_only_the_answer(smollm2_ov):
     done = subprocess.run(
-        [sys.executable, "-m", "ovchat.cli", "chat", "--model", str(smollm2_ov), "--max-new-tokens", "32"],
+        [sys.executable, "-m", "ovchat.cli", "chat", "--model", str(smollm2_ov), "--max-new-tokens", "32",
+         *GREEDY_FLAGS],
         input="What is the capital of France?\n",
         capture_output=True,
         text=True,
@@ -138,6 +143,13 @@ def test_context_policy_keeps_the_system_prompt(tiny_model):
     assert session.messages[0]["role"] == "user"  # whole turns are dropped, oldest first
 
 
+def test_a_session_samples_as_the_model_recommends_unless_told(tiny_model):
+    assert ChatSession(tiny_model).sampling == tiny_model.chat_sampling  # generate's default stays greedy
+    assert tiny_model.chat_sampling != SamplingParams() and tiny_model.chat_sampling.temperature > 0
+    assert ChatSession(tiny_model, sampling=SamplingParams()).sampling == SamplingParams()
+    assert "".join(c.text for c in ChatSession(tiny_model).send("Hi")) == "Hello world!"
+
+
 def test_oversize_message_is_an_error_and_the_session_goes_on(tiny_model):
     session = ChatSession(tiny_model, sampling=SamplingParams(max_new_tokens=16))
     list(session.send("Hi"))
@@ -150,6 +162,8 @@ def test_oversize_message_is_an_error_and_the_session_goes_on(tiny_model):
 @pytest.mark.slow  # a real terminal or child process
 def test_repl_notices_drops_and_errors(tiny_phi3_ov):
     child = spawn("--model", str(tiny_phi3_ov), "--max-new-tokens", "16", "--system", "Be brief.", "--verbose")
+    recommended = SamplingParams(**CHAT_SAMPLING).summary()
+    assert f"sampling: {recommended} (ovchat's default)" in child.banner  # what a chat samples with, and why
     outputs = [say(child, "hello there " * 10 + str(i)) for i in range(8)]
     assert all("Hello world!" in out for out in outputs)
     assert any("[context full: dropped the" in out for out in outputs)

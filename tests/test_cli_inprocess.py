@@ -340,3 +340,29 @@ def test_generate_sampling_flags_are_sampling_params(monkeypatch, flags, expecte
     result = CliRunner(env=dict.fromkeys(OPTION_ENV)).invoke(main, ["generate", "hi", *flags], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     assert handle.sampling == SamplingParams(**expected)
+
+
+@pytest.mark.parametrize(
+    "flags, changed",
+    [([], {}), (["--temperature", "0", "--top-k", "5", "--max-new-tokens", "9"],
+                {"temperature": 0.0, "top_k": 5, "max_new_tokens": 9})],
+)  # fmt: skip
+def test_chat_samples_as_the_model_recommends_unless_told(monkeypatch, tiny_phi3_ov, flags, changed):
+    import dataclasses
+
+    from ovchat import session as session_module
+
+    sessions = []
+
+    class Recorded(session_module.ChatSession):
+        def __post_init__(self):
+            super().__post_init__()
+            sessions.append(self)
+
+    monkeypatch.setattr(session_module, "ChatSession", Recorded)
+    result = ovchat("chat", "--model", tiny_phi3_ov, *flags, input="Hi\n")
+    assert (result.exit_code, result.stdout) == (0, "Hello world!\n"), result.stderr
+    (session,) = sessions
+    recommended = session.model.chat_sampling
+    assert session.model.chat_sampling_source == "ovchat's default" and recommended.temperature > 0
+    assert session.sampling == dataclasses.replace(recommended, **changed)

@@ -10,6 +10,7 @@ import sys
 
 import httpx
 import pytest
+from helpers import GREEDY, GREEDY_FLAGS
 
 pytestmark = pytest.mark.slow
 
@@ -18,6 +19,18 @@ BUDGET = 300
 # Precision differs by CPU and path, so each test takes the first one that loops where it runs.
 LOOPING = ["What is 9 times 8?", "Who wrote the play Romeo and Juliet?", "List the steps to make a cup of tea."]
 ASKED = "Write the word 'yes' 30 times, separated by spaces."
+
+
+def first_that_loops_on(server) -> str:
+    """The first looping prompt whose greedy, unguarded answer from `server` fills the budget."""
+
+    def tokens(prompt: str) -> int:
+        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": BUDGET, "loop_guard": False,
+                **GREEDY}
+        return httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=300).json()["usage"][
+            "completion_tokens"]
+
+    return _first_that_loops(tokens)
 
 
 def _first_that_loops(answer_tokens) -> str:
@@ -50,7 +63,7 @@ def test_the_chat_command_says_it_stopped_a_repeating_answer(smollm2_ov, smollm2
     def chat(prompt: str, *flags: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "ovchat.cli", "chat", "--model", str(smollm2_ov), "--max-new-tokens", str(BUDGET),
-             *flags],
+             *GREEDY_FLAGS, *flags],
             input=prompt + "\n", capture_output=True, text=True, timeout=300,
         )
 
@@ -64,15 +77,17 @@ def test_the_chat_command_says_it_stopped_a_repeating_answer(smollm2_ov, smollm2
 def test_the_server_ends_a_loop_streamed_or_not_and_counts_it(server):
     url = server.base_url + "/v1/chat/completions"
 
+    prompt = first_that_loops_on(server)
+
     def ask(prompt: str, **extra) -> dict:
-        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": BUDGET, **extra}
+        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": BUDGET, **GREEDY, **extra}
         return httpx.post(url, json=body, timeout=300).json()
 
-    prompt = _first_that_loops(lambda p: ask(p, loop_guard=False)["usage"]["completion_tokens"])
     before = server.metric("ovchat_loops_stopped_total")
     whole = ask(prompt)
     assert whole["choices"][0]["finish_reason"] == "stop" and whole["usage"]["completion_tokens"] < BUDGET * 2 // 3
-    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": BUDGET, "stream": True}
+    assert whole["choices"][0]["stopped_by"] == "loop_guard"
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": BUDGET, "stream": True, **GREEDY}
     with httpx.stream("POST", url, json=body, timeout=300) as response:
         lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"]
     chunks = [json.loads(line) for line in lines]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import EIGHT_PROMPTS, Server, answers_alone_and_together, run_cli
+from helpers import EIGHT_PROMPTS, GREEDY_FLAGS, Server, answers_alone_and_together, run_cli
 
 from ovchat import OvchatError, precision
 from ovchat.eval.logits import OpenVINOLogits
@@ -102,7 +102,7 @@ def test_serve_can_trade_batch_invariance_for_speed(tiny_phi3_ov, tmp_path):
     try:
         assert f"({precision.choose('CPU')})" in fast.log() and "may change" not in fast.log()
         client = fast.client()
-        answer = client.chat.completions.create(model=client.models.list().data[0].id, max_tokens=4,
+        answer = client.chat.completions.create(model=client.models.list().data[0].id, max_tokens=4, temperature=0,
                                                 messages=[{"role": "user", "content": "Hi"}])
         assert answer.usage.completion_tokens == 4
     finally:
@@ -165,7 +165,7 @@ def test_server_gives_the_same_answer_at_any_concurrency(smollm2_ov, tmp_path, c
 @pytest.mark.slow
 @pytest.mark.parametrize("chosen", EVERY_PRECISION)
 def test_chat_answers_in_every_precision(smollm2_ov, chosen):
-    done = run_cli("chat", "--model", str(smollm2_ov), "--precision", chosen, "--max-new-tokens", "32",
+    done = run_cli("chat", "--model", str(smollm2_ov), "--precision", chosen, "--max-new-tokens", "32", *GREEDY_FLAGS,
                    input="What is the capital of France?\n")
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout

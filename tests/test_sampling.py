@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
 
 from ovchat import OvchatError, SamplingParams
-from ovchat.sampling import LoopGuard, StopMatcher, generation_config
+from ovchat.runtime import recommended_sampling
+from ovchat.sampling import CHAT_SAMPLING, LoopGuard, StopMatcher, generation_config
 
 
 def test_every_field_reaches_the_generation_config():
@@ -32,6 +34,12 @@ def test_every_field_reaches_the_generation_config():
     assert config.structured_output_config.json_schema == '{"type": "object"}'
     # The budget left (of a context, of a resumed request) overrides the params' own.
     assert generation_config(params, (), max_new_tokens=3).max_new_tokens == 3
+
+
+def test_unseeded_sampling_draws_a_seed_each_time():
+    seeds = {generation_config(SamplingParams(temperature=0.5), ()).rng_seed for _ in range(3)}
+    assert len(seeds) == 3
+    assert generation_config(SamplingParams(temperature=0.5, seed=9), ()).rng_seed == 9
 
 
 def test_greedy_by_default_and_prompt_lookup_drafts():
@@ -102,3 +110,47 @@ def test_stop_matcher_holds_back_what_could_become_a_stop_string():
     assert matcher.push(" ok EN") == "ine ok"
     assert matcher.push("D and more") == " " and matcher.stopped
     assert matcher.push("ignored") == "" and matcher.flush() == ""
+
+
+# -- a chat's sampling unless told otherwise ---------------------------------------------------------
+
+
+def _folder(tmp_path, generation_config: dict | None):
+    if generation_config is not None:
+        (tmp_path / "generation_config.json").write_text(json.dumps(generation_config))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "generation_config, info, expected, source",
+    [
+        # The model's own generation_config.json, where it samples: its values, transformers' for the rest.
+        ({"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}, None,
+         {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05},
+         "the model's generation_config.json"),
+        ({"do_sample": True, "temperature": 0.6}, {"source": {"spec": "phi-3-mini"}},
+         {"temperature": 0.6, "top_p": 1.0, "top_k": 50}, "the model's generation_config.json"),
+        ({"do_sample": True, "temperature": 9, "top_p": "x", "top_k": -3}, None,
+         {"temperature": 2.0, "top_p": 1.0, "top_k": 0}, "the model's generation_config.json"),
+        # Not sampling there: the catalog's card, by alias or by the hub id an export was made from.
+        ({"do_sample": False, "temperature": 0.7}, {"source": {"spec": "phi-3-mini"}}, {},
+         "the phi-3-mini model card"),
+        (None, {"source": {"spec": "microsoft/Phi-3.5-mini-instruct",
+                           "identity": "hub:microsoft/Phi-3.5-mini-instruct"}}, {}, "the phi-3.5-mini model card"),
+        # Neither: ovchat's measured default.
+        ({"bos_token_id": 1}, {"source": {"spec": "smollm2-135m"}}, CHAT_SAMPLING, "ovchat's default"),
+        (None, None, CHAT_SAMPLING, "ovchat's default"),
+    ],
+)  # fmt: skip
+def test_recommended_sampling_comes_from_the_model_its_card_or_ovchat(tmp_path, generation_config, info, expected,
+                                                                      source):
+    params, said = recommended_sampling(_folder(tmp_path, generation_config), info)
+    assert (params, said) == (SamplingParams(**expected), source)
+
+
+def test_the_sampling_summary_reads_as_a_person_would():
+    assert SamplingParams().summary() == "greedy"
+    assert SamplingParams(**CHAT_SAMPLING).summary() == "temperature 0.5, top-p 0.9, top-k 40, repetition penalty 1.1"
+    assert SamplingParams(repetition_penalty=1.2, no_repeat_ngram_size=3).summary() == (
+        "greedy, repetition penalty 1.2, no repeated 3-grams"
+    )

@@ -15,6 +15,8 @@ import openai
 import pytest
 from helpers import EIGHT_PROMPTS, answers_alone_and_together, sse_payloads
 
+from ovchat.sampling import CHAT_SAMPLING
+
 pytestmark = pytest.mark.slow
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -27,14 +29,15 @@ def sse_events(response: httpx.Response) -> list[str]:
 
 def test_chat_stream_matches_non_stream(server):
     client = server.client()
-    whole = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=40)
+    whole = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=40, temperature=0)
     text = whole.choices[0].message.content
     assert "Paris" in text
     assert whole.choices[0].finish_reason in ("stop", "length")
     assert whole.usage.prompt_tokens > 0 and whole.usage.completion_tokens > 0
     assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
 
-    chunks = list(client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=40, stream=True))
+    chunks = list(client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=40, temperature=0,
+                                                 stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == [
@@ -60,13 +63,14 @@ def test_stream_framing_and_usage_chunk(server):
 
 def test_completions_stream_and_tokens(server):
     client = server.client()
-    whole = client.completions.create(model="smollm2-135m", prompt="Once upon a time", max_tokens=16)
+    greedy = {"model": "smollm2-135m", "temperature": 0}
+    whole = client.completions.create(prompt="Once upon a time", max_tokens=16, **greedy)
     assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 16
-    streamed = client.completions.create(model="smollm2-135m", prompt="Once upon a time", max_tokens=16, stream=True)
+    streamed = client.completions.create(prompt="Once upon a time", max_tokens=16, stream=True, **greedy)
     assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
     # A prompt given as token ids gives the same answer as its text.
-    as_text = client.completions.create(model="smollm2-135m", prompt="Hello, we can use", max_tokens=8)
-    as_ids = client.completions.create(model="smollm2-135m", prompt=[19556, 28, 392, 416, 722], max_tokens=8)
+    as_text = client.completions.create(prompt="Hello, we can use", max_tokens=8, **greedy)
+    as_ids = client.completions.create(prompt=[19556, 28, 392, 416, 722], max_tokens=8, **greedy)
     assert as_ids.choices[0].text == as_text.choices[0].text
     assert as_ids.usage.prompt_tokens == as_text.usage.prompt_tokens == 5
 
@@ -74,12 +78,14 @@ def test_completions_stream_and_tokens(server):
 def test_stop_strings_cut_exactly(server):
     client = server.client()
     ask = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
-    full = client.chat.completions.create(model="smollm2-135m", messages=ask, max_tokens=40).choices[0].message.content
+    greedy = {"model": "smollm2-135m", "messages": ask, "max_tokens": 40, "temperature": 0,
+              "extra_body": {"repetition_penalty": 1.0}}
+    full = client.chat.completions.create(**greedy).choices[0].message.content
     assert "4" in full
-    cut = client.chat.completions.create(model="smollm2-135m", messages=ask, max_tokens=40, stop=["4"])
+    cut = client.chat.completions.create(**greedy, stop=["4"])
     assert cut.choices[0].message.content == full[: full.index("4")]
     assert cut.choices[0].finish_reason == "stop"
-    streamed = client.chat.completions.create(model="smollm2-135m", messages=ask, max_tokens=40, stop="4", stream=True)
+    streamed = client.chat.completions.create(**greedy, stop="4", stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == full[: full.index("4")]
 
 
@@ -87,6 +93,9 @@ def test_models_and_health(server):
     client = server.client()
     assert [m.id for m in client.models.list()] == ["smollm2-135m"]
     assert client.models.retrieve("smollm2-135m").id == "smollm2-135m"
+    # What a request that leaves the sampling fields out gets: SmolLM2 recommends nothing, so ovchat's default.
+    card = client.models.retrieve("smollm2-135m").model_extra
+    assert card["sampling_defaults"] == CHAT_SAMPLING and card["sampling_source"] == "ovchat's default"
     for name in ("gpt-4", "../../etc/passwd", "smollm2-135m/../x"):
         with pytest.raises(openai.NotFoundError) as err:
             client.chat.completions.create(model=name, messages=QUESTION, max_tokens=1)
@@ -257,7 +266,8 @@ def test_eight_concurrent_streams_each_get_their_own_answer(server):
 def test_a_schema_the_compiler_rejects_fails_alone(server):
     """Past the up-front checks, a schema that breaks the grammar compiler mid-step costs only its own
     request: the others in the batch resume where they were and give the same answer."""
-    story = {"messages": [{"role": "user", "content": "Tell me a long story about a dragon."}], "max_tokens": 60}
+    story = {"messages": [{"role": "user", "content": "Tell me a long story about a dragon."}], "max_tokens": 60,
+             "temperature": 0}
     url = server.base_url + "/v1/chat/completions"
     alone = httpx.post(url, json=story, timeout=120).json()["choices"][0]["message"]["content"]
     results = {}

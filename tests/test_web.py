@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import Server
+from helpers import GREEDY, Server
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +80,13 @@ class Page:
     def wait_model(self) -> None:
         self.page.wait_for_function("document.getElementById('model-name').textContent === 'smollm2-135m'")
 
+    def greedy(self) -> None:
+        """Plain greedy decoding, as `ovchat generate` answers (the page otherwise samples as the model recommends)."""
+        self.page.click("#settings summary")
+        self.page.fill("#temperature", "0")
+        self.page.fill("#repetition-penalty", "1")
+        self.page.click("#settings summary")
+
     def send(self, text: str) -> None:
         self.page.fill("#prompt", text)
         self.page.press("#prompt", "Enter")
@@ -101,7 +108,7 @@ class Page:
 
 
 def chat(server: Server, messages: list[dict], max_tokens: int = 512) -> str:
-    body = {"messages": messages, "max_tokens": max_tokens}
+    body = {"messages": messages, "max_tokens": max_tokens, **GREEDY}
     answer = httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=120).json()
     return answer["choices"][0]["message"]["content"]
 
@@ -132,6 +139,7 @@ def test_an_answer_streams_in_and_matches_the_api(browser, server):
       }"""
     )
     question = "Write three sentences about the sea."
+    tab.greedy()
     tab.send(question)
     tab.wait_answered(1)
     shown = tab.answers()[0]
@@ -173,9 +181,44 @@ def test_stop_cancels_the_answer_on_the_server(browser, server):
     tab.close()
 
 
+def test_settings_start_from_the_models_defaults_and_a_loop_is_noted(browser, server):
+    from test_loops import BUDGET, first_that_loops_on
+
+    card = httpx.get(server.base_url + "/v1/models").json()["data"][0]
+    tab = Page(browser, server.base_url)
+    tab.page.click("#settings summary")
+    for element, field in [("temperature", "temperature"), ("top-p", "top_p"), ("top-k", "top_k"),
+                           ("repetition-penalty", "repetition_penalty")]:
+        assert tab.page.input_value(f"#{element}") == ""  # left out of the request: the server's default applies
+        assert tab.page.get_attribute(f"#{element}", "placeholder") == str(card["sampling_defaults"][field])
+        assert tab.page.locator(f"label[for='{element}']").count() == 1
+    assert card["sampling_source"] in tab.page.inner_text("#sampling-note")
+    tab.send("Hi")
+    tab.wait_answered(1)
+    sent = tab.requests[0]
+    assert sent["loop_guard"] is True and not {"temperature", "top_p", "top_k", "repetition_penalty"} & set(sent)
+
+    prompt = first_that_loops_on(server)  # greedy
+    tab.page.fill("#temperature", "0")
+    tab.page.fill("#repetition-penalty", "1")
+    tab.page.fill("#max-tokens", str(BUDGET))
+    tab.page.click("#settings summary")
+    tab.page.click("#new-chat")  # the prompt alone, as the server was asked it
+    tab.send(prompt)
+    tab.wait_answered(1)
+    assert tab.requests[1]["temperature"] == 0 and tab.requests[1]["repetition_penalty"] == 1
+    assert "stopped a repeating answer" in tab.page.inner_text(".message.assistant .stats")
+    tab.page.reload()  # the note is kept with the conversation, the settings with the page
+    tab.wait_answered(1)
+    assert "stopped a repeating answer" in tab.page.inner_text(".message.assistant .stats")
+    assert tab.page.input_value("#temperature") == "0"
+    tab.close()
+
+
 def test_second_turn_carries_the_first_and_survives_a_reload(browser, server):
     tab = Page(browser, server.base_url)
     first, second = "Give me a number between 1 and 10.", "Double it."
+    tab.greedy()
     tab.send(first)
     tab.wait_answered(1)
     tab.send(second)
@@ -210,7 +253,8 @@ def test_second_turn_carries_the_first_and_survives_a_reload(browser, server):
 def test_model_output_is_rendered_as_text_never_as_markup(browser, server):
     tab = Page(browser, server.base_url)
     tab.page.evaluate("window.pwned = 0")
-    # The real model repeats the markup back; the page must show it, not run it.
+    # The real model repeats the markup back (greedy); the page must show it, not run it.
+    tab.greedy()
     tab.send("Repeat exactly: <img src=x onerror=window.pwned=1>")
     tab.wait_answered(1)
     tab.send("Repeat exactly: <script>alert(2)</script>")

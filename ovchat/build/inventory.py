@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from .. import catalog, manifest
+from .. import catalog, manifest, runtime
 from ..errors import OvchatError
 from .recipe import Recipe
 
@@ -19,6 +19,11 @@ def recipe_tag(recipe: dict) -> str:
         return Recipe(**{f.name: known[f.name] for f in fields(Recipe) if f.name in known}).tag
     except (TypeError, OvchatError):
         return "?"
+
+
+def _sampling(folder, info: dict) -> str:
+    params, source = runtime.recommended_sampling(folder, info)
+    return f"{params.summary()} ({source})"
 
 
 def exported_models() -> list[dict]:
@@ -42,6 +47,7 @@ def exported_models() -> list[dict]:
                 "size_mb": size / 1e6,
                 "recipe": recipe_tag(info.get("recipe", {})),
                 "source": info.get("source", {}).get("spec", "?"),
+                "sampling": _sampling(folder, info),
             }
         )
     return rows

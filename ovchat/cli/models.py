@@ -70,3 +70,8 @@ def models() -> None:
         click.echo("  (none yet: `ovchat export MODEL` or any command with --model makes one)")
     for row in rows:
         click.echo(f"  {row['folder']:<52} {row['size_mb']:>8.1f} MB  {row['recipe']:<22} {row['source']}")
+        click.echo(f"    chat sampling: {row['sampling']}")
+    click.echo(
+        "\nChat sampling is what `chat`, `serve` and the chat page use unless told otherwise (`generate` is greedy):"
+        "\nthe model's generation_config.json where it samples, else its model card's, else ovchat's default."
+    )

@@ -81,6 +81,15 @@ def _stop_strings(ctx: click.Context, param: click.Parameter, value: tuple[str, 
     return value
 
 
+# Left out, these four take generate's greedy defaults, or for chat the model's recommendation.
+MODEL_DEFAULT = "generate: greedy; chat: the model's, see `ovchat models`"
+
+
+def given(sampling: dict) -> dict:
+    """The sampling flags the user passed (those left out are None)."""
+    return {name: value for name, value in sampling.items() if value is not None}
+
+
 # The fields of ovchat.SamplingParams, by their own names.
 sampling_options = _options(
     click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS, show_default=True),
@@ -90,10 +99,10 @@ sampling_options = _options(
         callback=_stop_strings,
         help=f"End the answer before this text (repeatable, up to {MAX_STOP_STRINGS}).",
     ),
-    click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True, help="0 is greedy."),
-    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
-    click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 means no limit."),
-    click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True),
+    click.option("--temperature", type=click.FloatRange(0, 2), show_default=MODEL_DEFAULT, help="0 is greedy."),
+    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), show_default=MODEL_DEFAULT),
+    click.option("--top-k", type=click.IntRange(min=0), show_default=MODEL_DEFAULT, help="0 means no limit."),
+    click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), show_default=MODEL_DEFAULT),
     click.option(
         "--presence-penalty",
         type=click.FloatRange(-2, 2),

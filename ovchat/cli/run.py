@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
@@ -9,7 +10,7 @@ import click
 from ..config import format_ms
 from ..errors import OvchatError
 from ..sampling import SamplingParams
-from .options import _log, run_options
+from .options import _log, given, run_options
 
 
 @click.command()
@@ -43,7 +44,7 @@ def generate(
     )
     last = None
     pieces = []
-    for last in handle.stream_generate(prompt, system=system, raw=raw, sampling=SamplingParams(**sampling)):
+    for last in handle.stream_generate(prompt, system=system, raw=raw, sampling=SamplingParams(**given(sampling))):
         if stream:
             click.echo(last.text, nl=False)
             sys.stdout.flush()
@@ -90,7 +91,7 @@ def chat(
         model, device=device, precision=precision, kv_cache_precision=kv_cache_precision, cache_dir=cache_dir,
         prompt_lookup=prompt_lookup, log=_log,
     )
-    session = ChatSession(handle, system=system, sampling=SamplingParams(**sampling))
+    session = ChatSession(handle, system=system, sampling=dataclasses.replace(handle.chat_sampling, **given(sampling)))
     if piped:
         answer_piped(session, text, verbose)
     else:

@@ -102,12 +102,14 @@ def messages(prompt: dict) -> list[dict]:
     return [*system, {"role": "user", "content": prompt["prompt"]}]
 
 
-def openvino_answers(handle, prompts: Sequence[dict], new_tokens: int, step: Callable[[], None]) -> list[str]:
+def openvino_answers(
+    handle, prompts: Sequence[dict], new_tokens: int, step: Callable[[], None], loop_guard: bool = False
+) -> list[str]:
     """Greedy answers from a loaded `ovchat.Model` (OpenVINO GenAI, the model's own chat template). The
-    loop guard is off: the reference's answers are not guarded, and both must run the same length."""
+    loop guard is off unless asked: the reference's answers are not guarded, and both run the same length."""
     answers = []
     for prompt in prompts:
-        answers.append(handle.generate(messages(prompt), max_new_tokens=new_tokens, loop_guard=False))
+        answers.append(handle.generate(messages(prompt), max_new_tokens=new_tokens, loop_guard=loop_guard))
         step()
     return answers
 

@@ -119,15 +119,25 @@ class _Sampling(_Strict):
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
-    def sampling(self, max_new_tokens: int, json_schema: str | None = None) -> SamplingParams:
-        """This request's sampling, with the budget the server granted."""
+    def sampling(
+        self, max_new_tokens: int, json_schema: str | None = None, defaults: SamplingParams | None = None
+    ) -> SamplingParams:
+        """This request's sampling, with the budget the server granted; the fields it leaves out take
+        `defaults` (the served model's recommendation)."""
+
+        defaults = defaults or SamplingParams()
+
+        def pick(name: str):
+            value = getattr(self, name)
+            return getattr(defaults, name) if value is None else value
+
         return SamplingParams(
             max_new_tokens=max_new_tokens,
-            temperature=self.temperature or 0.0,  # greedy unless asked, as `ovchat generate`
-            top_p=self.top_p if self.top_p is not None else 1.0,
-            top_k=self.top_k or 0,
-            repetition_penalty=self.repetition_penalty or 1.0,
-            no_repeat_ngram_size=self.no_repeat_ngram_size or 0,
+            temperature=pick("temperature"),
+            top_p=pick("top_p"),
+            top_k=pick("top_k"),
+            repetition_penalty=pick("repetition_penalty"),
+            no_repeat_ngram_size=pick("no_repeat_ngram_size"),
             loop_guard=self.loop_guard,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runtime
+from ..sampling import SamplingParams
 
 
 @dataclass
@@ -20,6 +21,8 @@ class Served:
     vocab_size: int
     created: int  # when the folder was exported (its mtime): OpenAI's model "created"
     config: dict  # config.json: architecture sizes
+    sampling: SamplingParams = SamplingParams()  # for the fields a request leaves out (runtime.recommended_sampling)
+    sampling_source: str = "ovchat's default"
 
     @classmethod
     def load(cls, path: Path, info: dict | None, context_cap: int | None) -> Served:
@@ -34,7 +37,9 @@ class Served:
         vocab = config.get("vocab_size") if isinstance(config.get("vocab_size"), int) else None
         vocab = vocab or len(tokenizer.get_vocab_vector())
         created = int(path.stat().st_mtime)
-        return cls(runtime.model_name(path, info), path, context, tokenizer, stops, vocab, created, config)
+        sampling, source = runtime.recommended_sampling(path, info)
+        name = runtime.model_name(path, info)
+        return cls(name, path, context, tokenizer, stops, vocab, created, config, sampling, source)
 
     def kv_bytes_per_token(self, precision: str) -> int:
         config = self.config

@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from .. import runtime
 from ..config import SERVE_STALL_SECONDS, format_ms
 from ..errors import OvchatError
-from ..sampling import LoopGuard, StopMatcher
+from ..sampling import RECOMMENDED_FIELDS, LoopGuard, StopMatcher
 from .batching import BatchEngine, EngineUnavailable, Job, Overloaded
 from .detok import IncrementalDecoder
 from .metrics import Metrics
@@ -47,6 +47,7 @@ class Answer:
         self.decoder, self.matcher = IncrementalDecoder(tokenizer), StopMatcher(job.sampling.stop)
         self.guard = LoopGuard() if job.sampling.guards_loops else None
         self.done = False
+        self.looped = False  # the loop guard ended the answer
         self.tokens = 0  # tokens behind the text so far (after a stop string, no more are counted)
 
     async def next(self, timeout: float | None = None) -> Piece | None:
@@ -67,6 +68,7 @@ class Answer:
                 self.batch.cancel(self.job, why="stop string" if self.matcher.stopped else "loop")
             if looped:  # the text held back so far is part of the answer (a stop string's is not)
                 text += self.matcher.push(self.decoder.flush()) + self.matcher.flush()
+                self.looped = True
                 self.on_loop()
             self.done = True
             return Piece(text, "stop")
@@ -139,6 +141,7 @@ class Serving:
         return body, 200 if state == "ready" else 503
 
     def model_card(self) -> dict:
+        sampling = self.served.sampling
         return {
             "id": self.served.name,
             "object": "model",
@@ -146,6 +149,9 @@ class Serving:
             "owned_by": "ovchat",
             "context_length": self.served.context_length,
             "max_tokens_limit": self.settings.max_tokens_limit,
+            # What a request that leaves these out gets (ovchat's fields, beside OpenAI's).
+            "sampling_defaults": {name: getattr(sampling, name) for name in RECOMMENDED_FIELDS},
+            "sampling_source": self.served.sampling_source,
         }
 
     def check_model(self, name: str | None) -> None:
@@ -206,7 +212,7 @@ class Serving:
         # Documented choice: an answer that would not fit (or passes the server's limit) is clamped and
         # ends with finish_reason "length".
         budget = min(asked or settings.max_tokens_limit, settings.max_tokens_limit, context - len(ids))
-        job = self._submit(ids, req.sampling(budget, schema))
+        job = self._submit(ids, req.sampling(budget, schema, self.served.sampling))
         self.metrics.count("ovchat_prompt_tokens_total", len(ids))
         answer = Answer(self.batch, job, self.served.tokenizer, self._count_loop)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -230,7 +236,7 @@ class Serving:
             }
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return {**head, "choices": [choice], "usage": _usage(len(ids), answer.tokens)}
+        return {**head, "choices": [_mark(choice, answer)], "usage": _usage(len(ids), answer.tokens)}
 
     def _submit(self, ids: list[int], sampling) -> Job:
         try:
@@ -273,7 +279,7 @@ class Serving:
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-            chunk = {**head, "choices": [choice]}
+            chunk = {**head, "choices": [_mark(choice, answer) if finish else choice]}
             if usage:
                 chunk["usage"] = None
             return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
@@ -329,6 +335,11 @@ async def _collect(request: Request, answer: Answer) -> tuple[str, str]:
     finally:
         watcher.cancel()
         answer.close()
+
+
+def _mark(choice: dict, answer: Answer) -> dict:
+    """A choice the loop guard ended says so (finish_reason stays "stop", as OpenAI's clients expect)."""
+    return {**choice, "stopped_by": "loop_guard"} if answer.looped else choice
 
 
 def _usage(prompt: int, completion: int) -> dict:

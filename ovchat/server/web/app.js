@@ -4,13 +4,16 @@
 
 (function () {
   const STORE = "ovchat.chats.v1";
-  const SETTINGS = "ovchat.settings.v1";
+  const SETTINGS = "ovchat.settings.v2"; // v1 kept greedy values the user never chose
+  const OLD_SETTINGS = "ovchat.settings.v1";
   const KEY = "ovchat.apiKey";
   const $ = (id) => document.getElementById(id);
   const ui = {
     sidebar: $("sidebar"), toggle: $("toggle-sidebar"), list: $("chat-list"), newChat: $("new-chat"),
     modelName: $("model-name"), modelContext: $("model-context"), keyButton: $("key-button"),
-    system: $("system-prompt"), temperature: $("temperature"), topP: $("top-p"), maxTokens: $("max-tokens"),
+    system: $("system-prompt"), temperature: $("temperature"), topP: $("top-p"), topK: $("top-k"),
+    repetitionPenalty: $("repetition-penalty"), noRepeatNgram: $("no-repeat-ngram"), maxTokens: $("max-tokens"),
+    loopGuard: $("loop-guard"), samplingNote: $("sampling-note"),
     banner: $("banner"), messages: $("messages"), empty: $("empty"),
     composer: $("composer"), prompt: $("prompt"), send: $("send"), stop: $("stop"),
     keyDialog: $("key-dialog"), keyForm: $("key-form"), keyInput: $("key-input"), keyCancel: $("key-cancel"),
@@ -38,10 +41,15 @@
     }
   }
 
+  // Settings sent as request fields; an empty one is left out, so the server uses the model's default.
+  const FIELDS = {
+    temperature: "temperature", topP: "top_p", topK: "top_k", repetitionPenalty: "repetition_penalty",
+    noRepeatNgram: "no_repeat_ngram_size",
+  };
+
   function saveSettings() {
-    const settings = {
-      system: ui.system.value, temperature: ui.temperature.value, topP: ui.topP.value, maxTokens: ui.maxTokens.value,
-    };
+    const settings = { system: ui.system.value, maxTokens: ui.maxTokens.value, loopGuard: ui.loopGuard.checked };
+    for (const name of Object.keys(FIELDS)) settings[name] = ui[name].value;
     try {
       localStorage.setItem(SETTINGS, JSON.stringify(settings));
     } catch {
@@ -107,6 +115,7 @@
     const stats = node.querySelector(".stats");
     const parts = [];
     if (message.stopped) parts.push("stopped");
+    if (message.loop) parts.push("stopped a repeating answer");
     if (message.stats) {
       const s = message.stats;
       parts.push(s.tokens + " tokens");
@@ -202,6 +211,13 @@
     ui.modelContext.textContent = model.context_length.toLocaleString("en") + "-token context";
     ui.maxTokens.max = String(model.max_tokens_limit);
     if (Number(ui.maxTokens.value) > model.max_tokens_limit) ui.maxTokens.value = String(model.max_tokens_limit);
+    const defaults = model.sampling_defaults || {};
+    for (const [name, field] of Object.entries(FIELDS)) {
+      if (defaults[field] !== undefined) ui[name].placeholder = String(defaults[field]);
+    }
+    if (model.sampling_source) {
+      ui.samplingNote.textContent = "Empty fields take the model's defaults (" + model.sampling_source + ").";
+    }
   }
 
   function askKey() {
@@ -219,15 +235,19 @@
     const messages = [];
     if (chat.system.trim()) messages.push({ role: "system", content: chat.system });
     for (const m of chat.messages) if (m.content || m.role === "user") messages.push({ role: m.role, content: m.content });
-    return {
+    const body = {
       model: model ? model.id : undefined,
       messages,
       stream: true,
       stream_options: { include_usage: true },
-      temperature: number(ui.temperature, 0),
-      top_p: number(ui.topP, 1),
       max_tokens: Math.max(1, Math.round(number(ui.maxTokens, 512))),
+      loop_guard: ui.loopGuard.checked,
     };
+    for (const [name, field] of Object.entries(FIELDS)) {
+      const value = number(ui[name], null);
+      if (value !== null) body[field] = field === "top_k" || field === "no_repeat_ngram_size" ? Math.round(value) : value;
+    }
+    return body;
   }
 
   // Reads an SSE body: calls onData(object) for each `data:` event until [DONE].
@@ -298,7 +318,9 @@
             return;
           }
           if (chunk.usage) tokens = chunk.usage.completion_tokens;
-          const piece = chunk.choices && chunk.choices[0] && chunk.choices[0].delta.content;
+          const choice = chunk.choices && chunk.choices[0];
+          if (choice && choice.stopped_by === "loop_guard") answer.loop = true;
+          const piece = choice && choice.delta.content;
           if (!piece) return;
           pieces++;
           last = performance.now();
@@ -368,7 +390,9 @@
     const open = document.body.classList.toggle("sidebar-open");
     ui.toggle.setAttribute("aria-expanded", String(open));
   });
-  for (const input of [ui.system, ui.temperature, ui.topP, ui.maxTokens]) input.addEventListener("change", saveSettings);
+  for (const name of ["system", "maxTokens", "loopGuard", ...Object.keys(FIELDS)]) {
+    ui[name].addEventListener("change", saveSettings);
+  }
   ui.keyButton.addEventListener("click", askKey);
   ui.keyCancel.addEventListener("click", () => ui.keyDialog.close());
   ui.keyForm.addEventListener("submit", () => {
@@ -384,11 +408,12 @@
     }
   });
 
-  const settings = load(SETTINGS, {});
+  const old = load(OLD_SETTINGS, {}); // its system prompt and budget carry over; its sampling was not chosen
+  const settings = load(SETTINGS, { system: old.system, maxTokens: old.maxTokens });
   if (typeof settings.system === "string") ui.system.value = settings.system;
-  if (settings.temperature !== undefined) ui.temperature.value = settings.temperature;
-  if (settings.topP !== undefined) ui.topP.value = settings.topP;
   if (settings.maxTokens !== undefined) ui.maxTokens.value = settings.maxTokens;
+  if (typeof settings.loopGuard === "boolean") ui.loopGuard.checked = settings.loopGuard;
+  for (const name of Object.keys(FIELDS)) if (typeof settings[name] === "string") ui[name].value = settings[name];
   ui.keyButton.hidden = !localStorage.getItem(KEY);
   const latest = [...chats].sort((a, b) => b.updated - a.updated)[0];
   if (latest) select(latest.id);
