@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 
 import pytest
 from helpers import copying_converter, run_cli
@@ -81,15 +83,29 @@ def test_hints_point_to_the_next_recipe_to_try():
     assert "fp16" in check.hint(Recipe(weight_format="int8"))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a real terminal
 def test_data_aware_export_of_the_tiny_model(tiny_phi3_dir, tiny_phi3_ov, tmp_path):
-    done = run_cli("export", str(tiny_phi3_dir), "-o", str(tmp_path / "awq"), "--ratio", "1")  # AWQ + SE: the default
-    assert done.returncode == 0, done.stderr
-    assert "calibrated on shipped text" in done.stderr
+    import pexpect
+
+    # AWQ + SE: the default. In a terminal, each step's progress is one line kept up to date.
+    args = ["-m", "ovchat.cli", "export", str(tiny_phi3_dir), "-o", str(tmp_path / "awq"), "--ratio", "1"]
+    child = pexpect.spawn(sys.executable, args, encoding="utf-8", timeout=300, dimensions=(50, 200))
+    child.expect(pexpect.EOF)
+    child.close()
+    shown = child.before
+    assert child.exitstatus == 0, shown
+    assert "calibrated on shipped text" in shown and "  converting to OpenVINO IR" in shown
+    for step in ("Statistics collection", "Applying data-aware AWQ", "Applying Scale Estimation"):
+        assert re.search(rf"\r\x1b\[K  {step}: 100% \(\d+/\d+\), [\d:]+\r\n", shown), (step, shown[-2000:])
+    assert "━" not in shown and "it/s" not in shown  # the libraries' own bars are not shown as well
     info = json.loads((tmp_path / "awq" / "ovchat_manifest.json").read_text())
     assert info["recipe"]["awq"] is True and info["recipe"]["scale_estimation"] is True
     # Calibration moved the weights: the data-aware IR differs from the plain one of the same recipe.
-    plain = ovchat.export(str(tiny_phi3_dir), tmp_path / "plain", ratio=1.0, awq=False, scale_estimation=False)
+    # Not in a terminal: one line per finished step.
+    lines: list[str] = []
+    plain = ovchat.export(str(tiny_phi3_dir), tmp_path / "plain", ratio=1.0, awq=False, scale_estimation=False,
+                          log=lines.append)
+    assert len([line for line in lines if line.startswith("  Applying Weight Compression: done in ")]) == 1, lines
     assert (plain / "openvino_model.bin").read_bytes() != (tmp_path / "awq" / "openvino_model.bin").read_bytes()
     # ... in the same layout: at ratio 1 every layer but the embeddings and the head is int4 in both.
     assert info["weights"] == json.loads((plain / "ovchat_manifest.json").read_text())["weights"]

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..config import DATA
+from .progress import STEP
 
 CALIBRATION_TEXT = DATA / "pride_and_prejudice_ch1-39.txt"
 SAMPLES = 64  # nncf's AWQ uses 32 samples, scale estimation 64
@@ -65,6 +66,7 @@ def main(argv: list[str]) -> int:
     config = quantization_config(json.loads(recipe_json), samples)
     print(f"calibrating on {len(samples)} samples of {CALIBRATION_TEXT.name}", flush=True)
     # The same two calls as optimum-intel's `export openvino` command (optimum-intel 2.1).
+    print(f"{STEP}converting to OpenVINO IR (no progress bar: minutes for a 3.8B model)", flush=True)
     main_export(
         model_name_or_path=source,
         output=output,
@@ -74,6 +76,7 @@ def main(argv: list[str]) -> int:
         stateful=True,
         convert_tokenizer=True,
     )
+    print(f"{STEP}compressing the weights, calibrated on {len(samples)} samples", flush=True)
     _main_quantize(
         model_name_or_path=source,
         task=EXPORT_TASK,

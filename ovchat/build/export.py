@@ -7,9 +7,11 @@ A kill at any moment leaves the old folder or none, never a half folder that pas
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from pathlib import Path
 from .. import catalog, manifest
 from ..config import DISK_FACTOR_FOLDER, DISK_FACTOR_GGUF, DISK_MARGIN_BYTES, EXPORT_TASK
 from ..errors import OvchatError, describe, print_nothing
+from . import progress
 from .recipe import Recipe
 
 Log = Callable[[str], None]
@@ -125,15 +128,43 @@ def optimum_converter(source_dir: Path, out_dir: Path, recipe: Recipe, log_path:
         cmd = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(source_dir)]
         cmd += ["--task", EXPORT_TASK, *recipe.optimum_args(), str(out_dir)]
         log(f"exporting with optimum-intel ({recipe.tag}); a small model takes about a minute")
-    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
-    with open(log_path, "w") as fh:
-        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    if done.returncode == 0:
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore", **progress.CHILD_ENV}
+    returncode = _run_relayed(cmd, env, log_path, log)
+    if returncode == 0:
         log_path.unlink()  # kept only when it explains a failure
     else:
-        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        reason = lines[-1] if lines else f"exit status {done.returncode}"
+        text = progress.strip_codes(log_path.read_text(errors="replace"))
+        lines = [ln for ln in re.split(r"[\r\n]", text) if ln.strip() and progress.parse(ln) is None]
+        reason = lines[-1].strip() if lines else f"exit status {returncode}"
         raise OvchatError(f"optimum-intel could not export {source_dir}: {reason} (full log: {log_path})")
+
+
+def _run_relayed(cmd: list[str], env: dict, log_path: Path, log: Log) -> int:
+    """Run the converter's child: its output into `log_path`, its progress to the person (live on a
+    terminal, a line per step otherwise). Returns its exit status; an interrupt kills it."""
+    terminal = sys.stderr.isatty()
+
+    def draw(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    relay = progress.Relay(log, draw if terminal else None)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+    with open(log_path, "w") as fh, subprocess.Popen(cmd, env=env, **pipe) as child:
+        try:
+            while chunk := child.stdout.read1(65536):
+                text = decoder.decode(chunk)
+                fh.write(text)
+                fh.flush()
+                relay.feed(text)
+            relay.close()
+            return child.wait()
+        except BaseException:  # Ctrl-C, a kill of ours: the child goes too
+            child.kill()
+            child.wait()
+            relay.close()
+            raise
 
 
 def weight_summary(xml: Path) -> dict:
