@@ -15,9 +15,11 @@ from .eval.evaluate import evaluate
 from .loader import load
 from .model import GenerationResponse, Model
 from .sampling import SamplingParams
+from .session import ChatSession
 
 __version__ = "0.1.0"
 __all__ = [
+    "ChatSession",
     "DEFAULT_MODEL",
     "GenerationResponse",
     "Model",

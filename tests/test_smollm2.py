@@ -93,6 +93,7 @@ def test_readme_python_example_runs(smollm2_ov):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout and "finish: " in done.stdout
+    assert "repetition penalty 1.1 from ovchat's default" in done.stdout  # the chat's sampling, and why
 
 
 def test_loads_in_optimum_intel_as_the_seed_does(smollm2_ov, tmp_path):
