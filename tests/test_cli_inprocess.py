@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 from helpers import write_mamba_gguf
 
-from ovchat import catalog
+from ovchat import SamplingParams, catalog
 from ovchat.cli import main
+from ovchat.sampling import CHAT_SAMPLING
 
 COMMANDS = ["generate", "chat", "export", "serve", "bench", "eval", "ovms", "models"]
 
@@ -195,6 +196,9 @@ def test_models_lists_aliases_and_exports(tiny_phi3_ov):
     for alias in catalog.CATALOG:
         assert f"  {alias} " in result.stdout
     assert tiny_phi3_ov.name in result.stdout and "int4-sym-g128-r0.6" in result.stdout
+    assert "Phi-3-mini-4k-instruct (3.8B, the OpenVINO sample's); its card's chat sampling: greedy" in result.stdout
+    # Each export says how a chat with it samples, and why.
+    assert f"chat sampling: {SamplingParams(**CHAT_SAMPLING).summary()} (ovchat's default)" in result.stdout
 
 
 # --- each flag is the keyword it is passed to, with that keyword's default --------------------------

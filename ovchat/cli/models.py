@@ -6,6 +6,7 @@ import click
 
 from .. import catalog
 from ..build.recipe import WEIGHT_FORMATS, Recipe
+from ..sampling import SamplingParams
 from .options import _log
 
 
@@ -63,7 +64,10 @@ def models() -> None:
     for entry in catalog.CATALOG.values():
         where = entry.repo_id or f"PyPI {entry.wheel[0]}=={entry.wheel[1]}"
         default = " (default)" if entry.alias == catalog.DEFAULT_MODEL else ""
-        click.echo(f"  {entry.alias:<14} {where:<36} {entry.description}{default}")
+        card = ""
+        if entry.sampling is not None:
+            card = f"; its card's chat sampling: {SamplingParams(**entry.sampling).summary()}"
+        click.echo(f"  {entry.alias:<14} {where:<36} {entry.description}{default}{card}")
     rows = exported_models()
     click.echo(f"\nExported in {catalog.models_home() / 'models'}:")
     if not rows:
