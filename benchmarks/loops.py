@@ -56,7 +56,7 @@ ASKED = [
     ("Write 'Hello' ten times, each on its own line.", "Hello", 10),
 ]
 CONFIGS = {
-    "greedy": {},  # ovchat generate's contract, and every path's default today
+    "greedy": {},  # `ovchat generate`'s contract
     "card": {"temperature": 0.2, "top_p": 0.9},  # SmolLM2-Instruct's model card
     "ollama": {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1},  # Ollama's defaults
     # Cooler than Ollama's: a 135M model rambles at 0.8 (its answers that reach the limit drift off topic).

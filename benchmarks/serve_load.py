@@ -44,7 +44,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+            "temperature": 0, "repetition_penalty": 1.0, "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
     stamps: list[float] = []
     usage = None

@@ -73,7 +73,8 @@ def entry_for(spec: str | None, identity: str | None = None) -> CatalogEntry | N
     """The catalog entry an export was made from: by its alias, or by the hub id it names."""
     if spec in CATALOG:
         return CATALOG[spec]
-    return next((e for e in CATALOG.values() if e.repo_id and identity == f"hub:{e.repo_id}"), None)
+    hub = (identity or "").lower()  # the hub's ids are case-insensitive
+    return next((e for e in CATALOG.values() if e.repo_id and hub == f"hub:{e.repo_id.lower()}"), None)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Runtime only: this module imports OpenVINO's packages, never torch or optimum.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,11 +96,11 @@ def _configured_sampling(path: Path) -> dict | None:
     chosen = {}
     for name, default in _TRANSFORMERS_SAMPLING.items():
         value = config.get(name, default)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        chosen[name] = type(default)(value) if ok else default
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        chosen[name] = type(default)(value) if ok else default  # json reads NaN and Infinity too
     chosen["temperature"] = min(max(chosen["temperature"], 0.0), 2.0)  # within what SamplingParams takes
     chosen["top_p"] = chosen["top_p"] if 0 < chosen["top_p"] <= 1 else 1.0
-    chosen["top_k"] = max(chosen["top_k"], 0)
+    chosen["top_k"] = min(max(chosen["top_k"], 0), 2**31 - 1)
     chosen["repetition_penalty"] = chosen["repetition_penalty"] if chosen["repetition_penalty"] > 0 else 1.0
     return chosen
 

@@ -98,6 +98,7 @@ EIGHT_PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.
 # the model recommends (ovchat.runtime.recommended_sampling), a repetition penalty included.
 GREEDY = {"temperature": 0, "repetition_penalty": 1.0}
 GREEDY_FLAGS = ("--temperature", "0", "--repetition-penalty", "1")
+GREEDY_KWARGS = {"temperature": 0, "extra_body": {"repetition_penalty": 1.0}}  # for the openai client
 
 
 def answers_alone_and_together(server: Server, prompts: list[str], max_tokens: int = 32) -> tuple[dict, dict]:
@@ -109,8 +110,7 @@ def answers_alone_and_together(server: Server, prompts: list[str], max_tokens: i
     solo = {}
     for p in prompts:
         answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": p}],
-                                                max_tokens=max_tokens, temperature=0,
-                                                extra_body={"repetition_penalty": 1.0})
+                                                max_tokens=max_tokens, **GREEDY_KWARGS)
         solo[p] = (answer.choices[0].message.content, answer.usage.completion_tokens)
     together: dict[str, tuple[str, int]] = {}
     errors: list[BaseException] = []
@@ -120,8 +120,7 @@ def answers_alone_and_together(server: Server, prompts: list[str], max_tokens: i
         try:
             start.wait()
             stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": p}],
-                                                    max_tokens=max_tokens, temperature=0, stream=True,
-                                                    extra_body={"repetition_penalty": 1.0},
+                                                    max_tokens=max_tokens, stream=True, **GREEDY_KWARGS,
                                                     stream_options={"include_usage": True})
             chunks = list(stream)
             together[p] = ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import EIGHT_PROMPTS, GREEDY_FLAGS, Server, answers_alone_and_together, run_cli
+from helpers import EIGHT_PROMPTS, GREEDY_FLAGS, GREEDY_KWARGS, Server, answers_alone_and_together, run_cli
 
 from ovchat import OvchatError, precision
 from ovchat.eval.logits import OpenVINOLogits
@@ -102,7 +102,7 @@ def test_serve_can_trade_batch_invariance_for_speed(tiny_phi3_ov, tmp_path):
     try:
         assert f"({precision.choose('CPU')})" in fast.log() and "may change" not in fast.log()
         client = fast.client()
-        answer = client.chat.completions.create(model=client.models.list().data[0].id, max_tokens=4, temperature=0,
+        answer = client.chat.completions.create(model=client.models.list().data[0].id, max_tokens=4, **GREEDY_KWARGS,
                                                 messages=[{"role": "user", "content": "Hi"}])
         assert answer.usage.completion_tokens == 4
     finally:

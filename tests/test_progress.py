@@ -3,6 +3,11 @@ terminal, one line per finished step otherwise. The input is what the child writ
 
 from __future__ import annotations
 
+import signal
+import sys
+
+from ovchat.build import progress
+from ovchat.build.export import _run_relayed, failure_reason
 from ovchat.build.progress import STEP, Bar, Relay, parse
 
 # As NNCF draws into a pipe told to act as a terminal: cursor codes between the updates, and the last
@@ -75,3 +80,24 @@ def test_a_step_cut_short_is_said_where_it_stopped():
     lines, _ = _relay(["Statistics collection ━━━╸   12% 8/64 • 0:00:01 • 0:00:09\nTraceback (most recent call last):"],
                       live=False)
     assert lines == ["  Statistics collection: 12% (8/64), 0:00:01, about 0:00:09 left"]
+
+
+def test_endless_output_without_line_breaks_stays_cheap():
+    lines, _ = _relay(["x" * 100_000] * 50 + ["\rStatistics collection ━ 100% 64/64 • 0:00:07 • 0:00:00\n"], live=False)
+    assert lines == ["  Statistics collection: done in 0:00:07"]
+
+
+def test_a_killed_child_is_said_to_be_killed(tmp_path):
+    # The real thing a 3.8B export meets on a small machine: the kernel kills the converter mid-step.
+    script = (f"import os, signal; print({STEP!r} + 'compressing the weights', flush=True); "
+              "print('Statistics collection ━ 50% 32/64 • 0:00:07 • 0:00:07', flush=True); "
+              "os.kill(os.getpid(), signal.SIGKILL)")
+    lines: list[str] = []
+    log_path = tmp_path / "export.log"
+    code = _run_relayed([sys.executable, "-c", script], progress.CHILD_ENV, log_path, lines.append)
+    assert code == -signal.SIGKILL
+    assert lines == ["  compressing the weights", "  Statistics collection: 50% (32/64), 0:00:07, about 0:00:07 left"]
+    assert failure_reason(log_path, code).startswith("killed by signal 9 (out of memory?")
+    # A child that fails by itself: its last words, not its bars or steps.
+    log_path.write_text(f"{STEP}converting\nValueError: no such model\nLoading weights:  50%|█| 1/2 [00:01<00:01]\n")
+    assert failure_reason(log_path, 1) == "ValueError: no such model"

@@ -132,6 +132,8 @@ def _folder(tmp_path, generation_config: dict | None):
          {"temperature": 0.6, "top_p": 1.0, "top_k": 50}, "the model's generation_config.json"),
         ({"do_sample": True, "temperature": 9, "top_p": "x", "top_k": -3}, None,
          {"temperature": 2.0, "top_p": 1.0, "top_k": 0}, "the model's generation_config.json"),
+        ({"do_sample": True, "temperature": float("nan"), "top_p": float("inf"), "top_k": 1e12}, None,
+         {"temperature": 1.0, "top_p": 1.0, "top_k": 2**31 - 1}, "the model's generation_config.json"),
         # Not sampling there: the catalog's card, by alias or by the hub id an export was made from.
         ({"do_sample": False, "temperature": 0.7}, {"source": {"spec": "phi-3-mini"}}, {},
          "the phi-3-mini model card"),

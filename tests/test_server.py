@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from helpers import EIGHT_PROMPTS, answers_alone_and_together, sse_payloads
+from helpers import EIGHT_PROMPTS, GREEDY, GREEDY_KWARGS, answers_alone_and_together, sse_payloads
 
 from ovchat.sampling import CHAT_SAMPLING
 
@@ -29,15 +29,15 @@ def sse_events(response: httpx.Response) -> list[str]:
 
 def test_chat_stream_matches_non_stream(server):
     client = server.client()
-    whole = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=40, temperature=0)
+    whole = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=40, **GREEDY_KWARGS)
     text = whole.choices[0].message.content
     assert "Paris" in text
     assert whole.choices[0].finish_reason in ("stop", "length")
     assert whole.usage.prompt_tokens > 0 and whole.usage.completion_tokens > 0
     assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
 
-    chunks = list(client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=40, temperature=0,
-                                                 stream=True))
+    chunks = list(client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=40, stream=True,
+                                                 **GREEDY_KWARGS))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == [
@@ -63,7 +63,7 @@ def test_stream_framing_and_usage_chunk(server):
 
 def test_completions_stream_and_tokens(server):
     client = server.client()
-    greedy = {"model": "smollm2-135m", "temperature": 0}
+    greedy = {"model": "smollm2-135m", **GREEDY_KWARGS}
     whole = client.completions.create(prompt="Once upon a time", max_tokens=16, **greedy)
     assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 16
     streamed = client.completions.create(prompt="Once upon a time", max_tokens=16, stream=True, **greedy)
@@ -78,8 +78,7 @@ def test_completions_stream_and_tokens(server):
 def test_stop_strings_cut_exactly(server):
     client = server.client()
     ask = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
-    greedy = {"model": "smollm2-135m", "messages": ask, "max_tokens": 40, "temperature": 0,
-              "extra_body": {"repetition_penalty": 1.0}}
+    greedy = {"model": "smollm2-135m", "messages": ask, "max_tokens": 40, **GREEDY_KWARGS}
     full = client.chat.completions.create(**greedy).choices[0].message.content
     assert "4" in full
     cut = client.chat.completions.create(**greedy, stop=["4"])
@@ -115,6 +114,7 @@ def test_json_output(server):
         messages=[{"role": "user", "content": "Give me a person as JSON."}],
         max_tokens=60,
         response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
+        **GREEDY_KWARGS,
     )
     person = json.loads(answer.choices[0].message.content)
     assert set(person) == {"name", "age"} and isinstance(person["age"], int)
@@ -267,7 +267,7 @@ def test_a_schema_the_compiler_rejects_fails_alone(server):
     """Past the up-front checks, a schema that breaks the grammar compiler mid-step costs only its own
     request: the others in the batch resume where they were and give the same answer."""
     story = {"messages": [{"role": "user", "content": "Tell me a long story about a dragon."}], "max_tokens": 60,
-             "temperature": 0}
+             **GREEDY}
     url = server.base_url + "/v1/chat/completions"
     alone = httpx.post(url, json=story, timeout=120).json()["choices"][0]["message"]["content"]
     results = {}
@@ -316,7 +316,7 @@ def test_metrics_count_requests_and_tokens(server):
     while server.metric("ovchat_requests_running") and time.monotonic() < deadline:
         time.sleep(0.05)
     before = server.metric("ovchat_generation_tokens_total")
-    server.client().completions.create(model="smollm2-135m", prompt="Hello", max_tokens=5)
+    server.client().completions.create(model="smollm2-135m", prompt="Hello", max_tokens=5, **GREEDY_KWARGS)
     assert server.metric("ovchat_generation_tokens_total") == before + 5
     text = httpx.get(server.base_url + "/metrics").text
     for name in ("ovchat_requests_total", "ovchat_queue_depth", "ovchat_requests_running",

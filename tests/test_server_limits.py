@@ -12,7 +12,7 @@ import time
 import httpx
 import openai
 import pytest
-from helpers import Server, run_cli
+from helpers import GREEDY, GREEDY_KWARGS, Server, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def small(smollm2_ov, tmp_path_factory):
 
 
 def long_stream(server, max_tokens: int = 400):
-    body = {"messages": QUESTION, "max_tokens": max_tokens, "stream": True}
+    body = {"messages": QUESTION, "max_tokens": max_tokens, "stream": True, **GREEDY}  # as long as before
     return httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body, timeout=120)
 
 
@@ -83,11 +83,12 @@ def test_disconnect_frees_the_slot_within_a_moment(small):
         assert wait_for(lambda: idle(small), timeout=5)
     # A non-streaming client that gives up is noticed too.
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(small.base_url + "/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 400}, timeout=0.5)
+        body = {"messages": QUESTION, "max_tokens": 400, **GREEDY}
+        httpx.post(small.base_url + "/v1/chat/completions", json=body, timeout=0.5)
     assert wait_for(lambda: idle(small), timeout=5)
     assert small.metric("ovchat_requests_cancelled_total") == cancelled + 4
     answer = small.client().chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=5,
-                                                    temperature=0)
+                                                    **GREEDY_KWARGS)
     assert answer.usage.completion_tokens == 5
 
 
@@ -99,7 +100,7 @@ def test_two_hundred_clients_that_leave_early_then_one_that_stays(server):
                     next(stream.iter_lines())
             else:
                 httpx.post(server.base_url + "/v1/chat/completions",
-                           json={"messages": QUESTION, "max_tokens": 300}, timeout=0.3)
+                           json={"messages": QUESTION, "max_tokens": 300, **GREEDY}, timeout=0.3)
         except (httpx.TimeoutException, StopIteration):
             pass
 
@@ -111,7 +112,7 @@ def test_two_hundred_clients_that_leave_early_then_one_that_stays(server):
             t.join(60)
         assert wait_for(lambda: idle(server), timeout=30), f"wave {wave} left work behind"
     answer = server.client().chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=8,
-                                                     temperature=0)
+                                                     **GREEDY_KWARGS)
     assert answer.usage.completion_tokens == 8 and answer.choices[0].message.content
     assert httpx.get(server.base_url + "/health").status_code == 200
 

@@ -133,16 +133,28 @@ def optimum_converter(source_dir: Path, out_dir: Path, recipe: Recipe, log_path:
     if returncode == 0:
         log_path.unlink()  # kept only when it explains a failure
     else:
-        text = progress.strip_codes(log_path.read_text(errors="replace"))
-        lines = [ln for ln in re.split(r"[\r\n]", text) if ln.strip() and progress.parse(ln) is None]
-        reason = lines[-1].strip() if lines else f"exit status {returncode}"
+        reason = failure_reason(log_path, returncode)
         raise OvchatError(f"optimum-intel could not export {source_dir}: {reason} (full log: {log_path})")
+
+
+def failure_reason(log_path: Path, returncode: int) -> str:
+    """Why a converter child failed, in a line: its signal, or its last words (not a bar, not a step)."""
+    if returncode < 0:  # a signal: the kernel's out-of-memory killer, most often
+        return f"killed by signal {-returncode} (out of memory? --no-awq --no-scale-estimation needs less)"
+    text = progress.strip_codes(log_path.read_text(errors="replace"))
+    lines = [
+        ln for ln in re.split(r"[\r\n]", text)
+        if ln.strip() and progress.parse(ln) is None and not ln.startswith(progress.STEP)
+    ]
+    return lines[-1].strip() if lines else f"exit status {returncode}"
 
 
 def _run_relayed(cmd: list[str], env: dict, log_path: Path, log: Log) -> int:
     """Run the converter's child: its output into `log_path`, its progress to the person (live on a
     terminal, a line per step otherwise). Returns its exit status; an interrupt kills it."""
-    terminal = sys.stderr.isatty()
+    # Live lines only for a log that writes to this terminal (the CLI's says so): a library caller's
+    # log (print_nothing by default) decides what it shows.
+    terminal = getattr(log, "draws_on_stderr", False) and sys.stderr.isatty()
 
     def draw(text: str) -> None:
         sys.stderr.write(text)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 STEP = "ovchat-step: "  # a child's line announcing a step that draws no bar (converting, saving)
+HOLD = 4096  # characters kept of a line not yet ended (a bar is ~120): endless lines stay cheap
 # What the child's libraries need to draw live bars into a pipe (rich reads these; tqdm always does).
 CHILD_ENV = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "NO_COLOR": "1", "COLUMNS": "120"}
 
@@ -45,7 +46,7 @@ class Bar:
 
 
 def strip_codes(text: str) -> str:
-    """The text without terminal control sequences (the log file is read by people)."""
+    """The text without terminal control sequences."""
     return _ANSI.sub("", text)
 
 
@@ -74,7 +75,8 @@ class Relay:
 
     def feed(self, text: str) -> None:
         # Control codes hold no line breaks: they are removed from whole fragments, never cut in two.
-        *fragments, self.pending = re.split(r"[\r\n]", self.pending + text)
+        *fragments, pending = re.split(r"[\r\n]", self.pending + text)
+        self.pending = pending[-HOLD:]
         for fragment in fragments:
             self._take(_ANSI.sub("", fragment))
 

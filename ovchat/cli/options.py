@@ -19,6 +19,9 @@ def _log(message: str) -> None:
     click.echo(message, err=True)
 
 
+_log.draws_on_stderr = True  # an export may keep a progress line up to date there (ovchat.build.export)
+
+
 def _options(*decorators):
     def apply(fn):
         for decorator in reversed(decorators):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runtime
-from ..sampling import SamplingParams
+from ..sampling import CHAT_SAMPLING, SamplingParams
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Served:
     vocab_size: int
     created: int  # when the folder was exported (its mtime): OpenAI's model "created"
     config: dict  # config.json: architecture sizes
-    sampling: SamplingParams = SamplingParams()  # for the fields a request leaves out (runtime.recommended_sampling)
+    sampling: SamplingParams = SamplingParams(**CHAT_SAMPLING)  # for the fields a request leaves out (load sets it)
     sampling_source: str = "ovchat's default"
 
     @classmethod
