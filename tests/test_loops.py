@@ -59,7 +59,7 @@ def test_the_library_ends_a_loop_and_leaves_an_asked_repetition(smollm2):
                                                                             loop_guard=False)
 
 
-def test_the_chat_command_says_it_stopped_a_repeating_answer(smollm2_ov, smollm2):
+def test_the_chat_command_and_its_repl_say_they_stopped_a_repeating_answer(smollm2_ov, smollm2):
     def chat(prompt: str, *flags: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "ovchat.cli", "chat", "--model", str(smollm2_ov), "--max-new-tokens", str(BUDGET),
@@ -72,6 +72,23 @@ def test_the_chat_command_says_it_stopped_a_repeating_answer(smollm2_ov, smollm2
     assert guarded.returncode == 0 and plain.returncode == 0, guarded.stderr + plain.stderr
     assert "[stopped a repeating answer]" in guarded.stderr and "repeating" not in plain.stderr
     assert len(guarded.stdout) < len(plain.stdout) * 2 // 3
+
+    # The REPL in a real terminal: the note, then the session goes on with the answer in its history.
+    import pexpect
+
+    child = pexpect.spawn(sys.executable, ["-m", "ovchat.cli", "chat", "--model", str(smollm2_ov), "--max-new-tokens",
+                                           str(BUDGET), *GREEDY_FLAGS], encoding="utf-8", timeout=300,
+                          dimensions=(50, 200))
+    child.expect(">>> ")
+    child.sendline(prompt)
+    child.expect(r"\[stopped a repeating answer\]")
+    child.expect(">>> ")
+    child.sendline("/stats")
+    child.expect(r"answer (\d+) tokens")
+    assert int(child.match.group(1)) < BUDGET * 2 // 3
+    child.expect(">>> ")
+    child.sendeof()
+    child.expect(pexpect.EOF)
 
 
 def test_the_server_ends_a_loop_streamed_or_not_and_counts_it(server):
