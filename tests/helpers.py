@@ -180,3 +180,23 @@ def write_mamba_gguf(path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def terminal(*args: str, timeout: float = 300, rows: int = 50, cols: int = 200):
+    """`python ARGS` on a pseudo-terminal, for pexpect. Started by subprocess, whose fork and exec run in
+    C: pexpect's own spawn runs Python between the two, which crashed children (SIGSEGV, no output) when
+    this test process held OpenVINO's threads (a model loaded in-process). `.proc` is the Popen."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from pexpect import fdpexpect
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    proc = subprocess.Popen([sys.executable, *args], stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    child = fdpexpect.fdspawn(master, encoding="utf-8", timeout=timeout)
+    child.proc = proc
+    return child

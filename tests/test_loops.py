@@ -10,7 +10,7 @@ import sys
 
 import httpx
 import pytest
-from helpers import GREEDY, GREEDY_FLAGS
+from helpers import GREEDY, GREEDY_FLAGS, terminal
 
 pytestmark = pytest.mark.slow
 
@@ -76,9 +76,8 @@ def test_the_chat_command_and_its_repl_say_they_stopped_a_repeating_answer(smoll
     # The REPL in a real terminal: the note, then the session goes on with the answer in its history.
     import pexpect
 
-    child = pexpect.spawn(sys.executable, ["-m", "ovchat.cli", "chat", "--model", str(smollm2_ov), "--max-new-tokens",
-                                           str(BUDGET), *GREEDY_FLAGS], encoding="utf-8", timeout=300,
-                          dimensions=(50, 200))
+    child = terminal("-m", "ovchat.cli", "chat", "--model", str(smollm2_ov), "--max-new-tokens", str(BUDGET),
+                     *GREEDY_FLAGS)
     child.expect(">>> ")
     child.sendline(prompt)
     child.expect(r"\[stopped a repeating answer\]")
@@ -87,8 +86,9 @@ def test_the_chat_command_and_its_repl_say_they_stopped_a_repeating_answer(smoll
     child.expect(r"answer (\d+) tokens")
     assert int(child.match.group(1)) < BUDGET * 2 // 3
     child.expect(">>> ")
-    child.sendeof()
+    child.sendline("/exit")
     child.expect(pexpect.EOF)
+    assert child.proc.wait(60) == 0
 
 
 def test_the_server_ends_a_loop_streamed_or_not_and_counts_it(server):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 
 import pytest
-from helpers import copying_converter, run_cli
+from helpers import copying_converter, run_cli, terminal
 
 import ovchat
 from ovchat import OvchatError, Recipe
@@ -88,12 +87,10 @@ def test_data_aware_export_of_the_tiny_model(tiny_phi3_dir, tiny_phi3_ov, tmp_pa
     import pexpect
 
     # AWQ + SE: the default. In a terminal, each step's progress is one line kept up to date.
-    args = ["-m", "ovchat.cli", "export", str(tiny_phi3_dir), "-o", str(tmp_path / "awq"), "--ratio", "1"]
-    child = pexpect.spawn(sys.executable, args, encoding="utf-8", timeout=300, dimensions=(50, 200))
+    child = terminal("-m", "ovchat.cli", "export", str(tiny_phi3_dir), "-o", str(tmp_path / "awq"), "--ratio", "1")
     child.expect(pexpect.EOF)
     shown = child.before
-    # wait(), not close(): close() kills a child still tearing down after its output ended.
-    assert child.wait() == 0, (child.signalstatus, shown)
+    assert child.proc.wait(60) == 0, shown
     assert "calibrated on shipped text" in shown and "  converting to OpenVINO IR" in shown
     for step in ("Statistics collection", "Applying data-aware AWQ", "Applying Scale Estimation"):
         assert re.search(rf"\r\x1b\[K  {step}: 100% \(\d+/\d+\), [\d:]+\r\n", shown), (step, shown[-2000:])

@@ -124,7 +124,6 @@ class _Sampling(_Strict):
     ) -> SamplingParams:
         """This request's sampling, with the budget the server granted; the fields it leaves out take
         `defaults` (the served model's recommendation)."""
-
         defaults = defaults or SamplingParams()
 
         def pick(name: str):
