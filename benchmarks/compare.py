@@ -10,7 +10,8 @@ machine's speed spreads over all of them; medians are reported):
 - ovchat-best: ovchat on the recipe and runtime settings we ship as the best (see --best-*);
 - optimum: the sample's own path, optimum-intel OVModelForCausalLM + transformers generate, same IR;
 - torch: transformers + PyTorch fp32, the unoptimised baseline;
-- llama.cpp: llama-cpp-python on the GGUF (the original Q4_1 file), same thread count;
+- llama.cpp: llama-cpp-python on the GGUF (the original Q4_1 file), same thread count; for the Phi-3
+  shape, Q4_0 and (llama.cpp-q4km, where phi3_shape.py made it) Q4_K_M of the same weights;
 - ceiling: measured memory read bandwidth ÷ the bytes of weights one decode step reads.
 All engines get the same token ids and generate exactly --new-tokens greedily (see compare_worker).
 Writes benchmarks/results/compare.{md,json,png}. llama-cpp-python is optional: build it in a venv of
@@ -107,8 +108,10 @@ def prepare_phi3_shape(args) -> dict:
     for path in (seed, best, gguf):
         if not path.exists():
             raise SystemExit(f"{path} is missing: run benchmarks/phi3_shape.py --layers {args.layers} first")
+    gguf_k = home / "bench-src" / f"{name}.Q4_K_M.gguf"
     return {
         "gguf": gguf,
+        "gguf_k": gguf_k if gguf_k.is_file() else None,
         "gguf_label": "GGUF Q4_0",
         "hf": home / "bench-src" / name,
         "seed": seed,
@@ -149,6 +152,8 @@ def engines(inputs: dict, args) -> dict[str, dict]:
             "python": args.llama_python,
             "weights": inputs["gguf_label"],
         }
+        if inputs.get("gguf_k"):  # the same weights through llama.cpp's K-quant (Q4_K_M)
+            chosen["llama.cpp-q4km"] = {**chosen["llama.cpp"], "model": str(inputs["gguf_k"]), "weights": "GGUF Q4_K_M"}
     return {name: spec for name, spec in chosen.items() if not args.engines or name in args.engines.split(",")}
 
 
@@ -290,7 +295,7 @@ def markdown(report: dict, lengths: list[int]) -> str:
     ratios = []
     ours = "ovchat-best" if "ovchat-best" in by else "ovchat-sample"
     best = by.get(ours)
-    for other in ("llama.cpp", "optimum", "torch"):
+    for other in ("llama.cpp", "llama.cpp-q4km", "optimum", "torch"):
         if best and other in by:
             o = by[other]
             ttft = " · ".join(f"TTFT@{n} {best['ttft_ms'][n] / o['ttft_ms'][n]:.2f}×" for n in lengths)

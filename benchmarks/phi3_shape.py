@@ -2,11 +2,11 @@
 
 Speed depends on shapes, not weight values. This builds `Phi3ForCausalLM` with Phi-3-mini-4k's
 widths (hidden 3072, intermediate 8192, 32 heads, vocab 32064, untied head) and --layers of its 32
-decoder layers (the full model's fp32 export needs more than this machine's 24 GB), then:
-- exports it with the Phi-3 sample's recipe and ovchat's default one (and, with --recipe, another one:
-  spell out its fields);
+decoder layers (--layers 32: the full 3.8 B, saved in bf16 as the hub ships it), then:
+- exports it with the Phi-3 sample's recipe and ovchat's default for its size (and, with --recipe,
+  others: spell out their fields);
 - converts it with the `convert_hf_to_gguf.py` that ships in llama-cpp-python's source distribution
-  and quantizes it to Q4_0 with llama-cpp-python's own quantizer.
+  and quantizes it to Q4_0 and Q4_K_M with llama-cpp-python's own quantizer.
 The tokenizer is a SentencePiece model trained on the novels ovchat ships for `ovchat eval`
 (vocabulary padded to 32064 as Phi-3's is), with Phi-3's chat tokens and template; it needs
 `pip install sentencepiece protobuf` beside ovchat[export]. The answers are noise: never use it for quality.
@@ -92,9 +92,15 @@ def build(out: Path, layers: int) -> Path:
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)
-    with torch.device("cpu"):
-        model = Phi3ForCausalLM(config).to(torch.float16).eval()  # fp16 on disk, as Phi-3 ships (bf16)
+    # Built in bf16, as the hub ships Phi-3: built in float32 first, all 32 layers would need 15 GB.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = Phi3ForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default)
     model.save_pretrained(out)
+    del model
     GenerationConfig(
         bos_token_id=1, eos_token_id=[ids["<|endoftext|>"], ids["<|end|>"]], pad_token_id=ids["<|endoftext|>"]
     ).save_pretrained(out)
@@ -102,28 +108,35 @@ def build(out: Path, layers: int) -> Path:
 
 
 def to_gguf(
-    source: Path, llama_src: Path, llama_python: str, out: Path, ftype: str = "Q4_0", outtype: str = "f16"
+    source: Path, llama_src: Path, llama_python: str, out: Path, ftype: str = "Q4_0", outtype: str = "f16",
+    keep_float: bool = False,
 ) -> Path:
-    """`source` (an HF folder) → GGUF in `outtype` → llama.cpp's quantizer at `ftype` (Q4_0, Q4_1, Q4_K_M, ...)."""
+    """`source` (an HF folder) → GGUF in `outtype` → llama.cpp's quantizer at `ftype` (Q4_0, Q4_1, Q4_K_M, ...).
+    The float GGUF is made once per source and kept while `keep_float` (more quantizations to come)."""
     root = llama_src / "vendor" / "llama.cpp"
-    float_gguf = out.with_suffix(f".{outtype}.gguf")
-    env_path = f"{root / 'gguf-py'}"
-    subprocess.run(
-        [
-            sys.executable,
-            str(root / "convert_hf_to_gguf.py"),
-            str(source),
-            "--outtype",
-            outtype,
-            "--outfile",
-            str(float_gguf),
-        ],
-        check=True,
-        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
-    )
+    float_gguf = out.parent / f"{source.name}.{outtype}.gguf"
+    if not float_gguf.is_file():
+        cmd = [sys.executable, str(root / "convert_hf_to_gguf.py"), str(source), "--outtype", outtype]
+        subprocess.run([*cmd, "--outfile", str(float_gguf)], check=True,
+                       env={"PYTHONPATH": f"{root / 'gguf-py'}", "PATH": "/usr/bin:/bin"})
     subprocess.run([llama_python, "-c", QUANTIZE, str(float_gguf), str(out), ftype], check=True)
-    float_gguf.unlink()
+    if not keep_float:
+        float_gguf.unlink()
     return out
+
+
+def source_folder(layers: int) -> Path:
+    """The random Phi-3-shaped Hugging Face folder with `layers` layers, built once in the models directory."""
+    from ovchat import catalog
+
+    home = catalog.models_home()
+    name = f"random-phi3-shape-{layers}l"
+    source = home / "bench-src" / name
+    if not (source / "config.json").is_file():
+        source.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=home) as tmp:
+            build(Path(tmp) / name, layers).rename(source)
+    return source
 
 
 def main() -> None:
@@ -131,32 +144,32 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--llama-python", help="python of a venv with llama-cpp-python (omit: no GGUF)")
     parser.add_argument("--llama-src", type=Path, help="llama-cpp-python's unpacked source distribution")
-    parser.add_argument("--recipe", default=None, help="another ovchat Recipe as JSON, exported beside the sample's")
+    parser.add_argument("--recipe", action="append", default=[], help="another ovchat Recipe as JSON (repeatable)")
     args = parser.parse_args()
 
     import ovchat
     from ovchat import catalog
-    from ovchat.build.recipe import SAMPLE_RECIPE, Recipe
+    from ovchat.build.recipe import SAMPLE_RECIPE, Recipe, default_recipe
 
     home = catalog.models_home()
     name = f"random-phi3-shape-{args.layers}l"
-    source = home / "bench-src" / name
-    if not (source / "config.json").is_file():
-        source.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=home) as tmp:
-            build(Path(tmp) / name, args.layers).rename(source)
+    source = source_folder(args.layers)
     made = {"source": str(source), "layers": args.layers}
-    recipes = [SAMPLE_RECIPE, Recipe()] + ([Recipe(**json.loads(args.recipe))] if args.recipe else [])
+    from ovchat.build.estimate import parameters
+
+    # The sample's, ovchat's default for this size, and any asked for (a JSON object per --recipe)
+    recipes = [SAMPLE_RECIPE, default_recipe(parameters(source)[0])] + [Recipe(**json.loads(r)) for r in args.recipe]
     for recipe in recipes:
         target = home / "models" / f"{name}-{recipe.tag}"
         if not (target / "ovchat_manifest.json").is_file():
             ovchat.export(str(source), str(target), **asdict(recipe), force=target.exists())
         made[recipe.tag] = str(target)
     if args.llama_python and args.llama_src:
-        gguf = home / "bench-src" / f"{name}.Q4_0.gguf"
-        if not gguf.is_file():
-            to_gguf(source, args.llama_src, args.llama_python, gguf)
-        made["gguf"] = str(gguf)
+        for ftype in ("Q4_0", "Q4_K_M"):
+            gguf = home / "bench-src" / f"{name}.{ftype}.gguf"
+            if not gguf.is_file():
+                to_gguf(source, args.llama_src, args.llama_python, gguf, ftype, keep_float=ftype == "Q4_0")
+            made[ftype] = str(gguf)
     print(json.dumps(made, indent=1))
 
 

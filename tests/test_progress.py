@@ -7,7 +7,7 @@ import signal
 import sys
 
 from ovchat.build import progress
-from ovchat.build.export import _run_relayed, failure_reason
+from ovchat.build.converter import _run_relayed, failure_reason
 from ovchat.build.progress import STEP, Bar, Relay, parse
 
 # As NNCF draws into a pipe told to act as a terminal: cursor codes between the updates, and the last
@@ -94,10 +94,42 @@ def test_a_killed_child_is_said_to_be_killed(tmp_path):
               "os.kill(os.getpid(), signal.SIGKILL)")
     lines: list[str] = []
     log_path = tmp_path / "export.log"
-    code = _run_relayed([sys.executable, "-c", script], progress.CHILD_ENV, log_path, lines.append)
+    code, _ = _run_relayed([sys.executable, "-c", script], progress.CHILD_ENV, log_path, lines.append)
     assert code == -signal.SIGKILL
     assert lines == ["  compressing the weights", "  Statistics collection: 50% (32/64), 0:00:07, about 0:00:07 left"]
     assert failure_reason(log_path, code).startswith("killed by signal 9 (out of memory?")
     # A child that fails by itself: its last words, not its bars or steps.
     log_path.write_text(f"{STEP}converting\nValueError: no such model\nLoading weights:  50%|█| 1/2 [00:01<00:01]\n")
     assert failure_reason(log_path, 1) == "ValueError: no such model"
+
+
+def test_a_step_without_a_bar_still_moves_on_a_terminal():
+    # Tracing a 3.8B model draws nothing for minutes: the live line shows the step and its time.
+    lines: list[str] = []
+    drawn: list[str] = []
+    relay = Relay(lines.append, drawn.append)
+    relay.begin("exporting")
+    relay.tick()
+    assert drawn == ["\r\x1b[K  exporting: 0:00"]
+    relay.feed(f"{STEP}converting to OpenVINO IR\n")
+    relay.tick()
+    assert lines == ["  converting to OpenVINO IR"] and drawn[-1] == "\r\x1b[K  converting to OpenVINO IR: 0:00"
+    relay.feed("Loading weights:  50%|█| 1/2 [00:01<00:01, 1.0it/s]\r")
+    relay.tick()  # a bar is drawn: the tick leaves it alone
+    assert drawn[-1].endswith("Loading weights: 50% (1/2), 00:01, about 00:01 left")
+    relay.close()
+    assert drawn[-1] == "\n"
+    quiet = Relay(lines.append)  # not a terminal: no ticking lines
+    quiet.begin("exporting")
+    quiet.tick()
+    assert lines == ["  converting to OpenVINO IR"]
+
+
+def test_the_childs_peak_memory_is_measured(tmp_path):
+    # Its own high-water mark, read while it runs (the number the manifest keeps beside the estimate),
+    # not this test process's memory, which a fork would bring into the kernel's rusage.
+    script = ("import time; b = bytearray(300_000_000); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5); "
+              "print('done', flush=True)")
+    lines: list[str] = []
+    code, peak = _run_relayed([sys.executable, "-c", script], {}, tmp_path / "log", lines.append)
+    assert code == 0 and 300e6 < peak < 400e6

@@ -7,7 +7,7 @@ import math
 import re
 
 import pytest
-from helpers import copying_converter, run_cli, terminal
+from helpers import copying_converter, headers_only, phi3_mini_shapes, run_cli, terminal
 
 import ovchat
 from ovchat import OvchatError, Recipe
@@ -34,6 +34,26 @@ def test_formats_without_int4_layers_have_nothing_to_calibrate():
     assert Recipe(weight_format="int8", awq=False) == Recipe(weight_format="int8")
     with pytest.raises(OvchatError, match="ratio must be in"):
         Recipe(ratio=0)
+
+
+def test_the_default_recipe_goes_by_the_models_size(tmp_path):
+    from ovchat import catalog
+    from ovchat.build.export import _recipe_for
+    from ovchat.build.recipe import LARGE_RECIPE, default_recipe, with_defaults
+
+    assert default_recipe(135e6) == Recipe() == default_recipe(None)
+    assert default_recipe(3.82e9) == LARGE_RECIPE and not LARGE_RECIPE.data_aware
+    assert LARGE_RECIPE.tag == "int4-sym-g128-r0.8"
+    # A field given overrides the default's; int8 has no int4 layers to calibrate.
+    assert with_defaults(3.82e9, ratio=1.0).tag == "int4-sym-g128-r1"
+    assert with_defaults(135e6, weight_format="int8").tag == "int8"
+    assert with_defaults(135e6, awq=False).tag == "int4-sym-g32-r0.5-se"
+    # Known without a download: the catalog's count, or the files' own headers.
+    assert _recipe_for(catalog.resolve("phi-3-mini"), {}) == LARGE_RECIPE
+    assert _recipe_for(catalog.resolve("smollm2-135m"), {}) == Recipe()
+    folder = headers_only(tmp_path / "Phi-3-mini-4k-instruct", phi3_mini_shapes())
+    (folder / "config.json").write_text("{}")
+    assert _recipe_for(catalog.resolve(str(folder)), {"awq": True}).tag == "int4-sym-g128-r0.8-awq"
 
 
 def test_manifests_from_before_awq_keep_their_tag():
@@ -92,6 +112,11 @@ def test_data_aware_export_of_the_tiny_model(tiny_phi3_dir, tiny_phi3_ov, tmp_pa
     shown = child.before
     assert child.proc.wait(60) == 0, shown
     assert "calibrated on shipped text" in shown and "  converting to OpenVINO IR" in shown
+    # Known before it starts: the estimate against the memory there is.
+    assert re.search(r"this export \(int4-sym-g32-r1-awq-se, 0\.\d+ B parameters\) needs about [\d.]+ GB of memory "
+                     r"at its peak and about a minute on 2 cores; [\d.]+ GB available", shown), shown[:2000]
+    # Between bars, a step that draws none still moves: its name and time, kept up to date.
+    assert re.search(r"\r\x1b\[K  converting to OpenVINO IR \(.*\): \d+:\d\d", shown), shown[-3000:]
     for step in ("Statistics collection", "Applying data-aware AWQ", "Applying Scale Estimation"):
         assert re.search(rf"\r\x1b\[K  {step}: 100% \(\d+/\d+\), [\d:]+\r\n", shown), (step, shown[-2000:])
     assert "━" not in shown and "it/s" not in shown  # the libraries' own bars are not shown as well

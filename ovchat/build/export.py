@@ -7,32 +7,29 @@ A kill at any moment leaves the old folder or none, never a half folder that pas
 
 from __future__ import annotations
 
-import codecs
 import fcntl
-import json
 import os
-import re
 import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import catalog, manifest
 from ..config import DISK_FACTOR_FOLDER, DISK_FACTOR_GGUF, DISK_MARGIN_BYTES, EXPORT_TASK
 from ..errors import OvchatError, describe, print_nothing
-from . import progress
-from .recipe import Recipe
+from . import estimate
+from .converter import optimum_converter
+from .recipe import FIELDS, Recipe, with_defaults
 
 Log = Callable[[str], None]
 # Writes an OpenVINO folder (IR, tokenizer, detokenizer, configs) for a float Hugging Face folder:
-# converter(source_dir, out_dir, recipe, log_path, log). The default is optimum-intel's exporter; the
-# rest of an export (room, lock, self-check, manifest, atomic publish) is the same for any converter.
-Converter = Callable[[Path, Path, Recipe, Path, Log], None]
+# converter(source_dir, out_dir, recipe, log_path, log), returning the peak memory in bytes it measured
+# (or None). The default is optimum-intel's exporter; the rest of an export (room, memory, lock,
+# self-check, manifest, atomic publish) is the same for any converter.
+Converter = Callable[[Path, Path, Recipe, Path, Log], "int | None"]
 
 
 def _need_export_extra() -> None:
@@ -117,68 +114,6 @@ def _check_replaceable(target: Path, source: Path | None) -> None:
         )
 
 
-def optimum_converter(source_dir: Path, out_dir: Path, recipe: Recipe, log_path: Path, log: Log) -> None:
-    # optimum-intel's own command, in a child process: exactly the sample's export, and the memory
-    # of the float model is returned to the system when it ends.
-    if recipe.data_aware:
-        recipe_json = json.dumps(asdict(recipe))
-        cmd = [sys.executable, "-m", "ovchat.build.calibrate", str(source_dir), str(out_dir), recipe_json]
-        log(f"exporting with optimum-intel ({recipe.tag}, calibrated on shipped text); a small model takes minutes")
-    else:
-        cmd = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(source_dir)]
-        cmd += ["--task", EXPORT_TASK, *recipe.optimum_args(), str(out_dir)]
-        log(f"exporting with optimum-intel ({recipe.tag}); a small model takes about a minute")
-    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore", **progress.CHILD_ENV}
-    returncode = _run_relayed(cmd, env, log_path, log)
-    if returncode == 0:
-        log_path.unlink()  # kept only when it explains a failure
-    else:
-        reason = failure_reason(log_path, returncode)
-        raise OvchatError(f"optimum-intel could not export {source_dir}: {reason} (full log: {log_path})")
-
-
-def failure_reason(log_path: Path, returncode: int) -> str:
-    """Why a converter child failed, in a line: its signal, or its last words (not a bar, not a step)."""
-    if returncode < 0:  # a signal: the kernel's out-of-memory killer, most often
-        return f"killed by signal {-returncode} (out of memory? --no-awq --no-scale-estimation needs less)"
-    text = progress.strip_codes(log_path.read_text(errors="replace"))
-    lines = [
-        ln for ln in re.split(r"[\r\n]", text)
-        if ln.strip() and progress.parse(ln) is None and not ln.startswith(progress.STEP)
-    ]
-    return lines[-1].strip() if lines else f"exit status {returncode}"
-
-
-def _run_relayed(cmd: list[str], env: dict, log_path: Path, log: Log) -> int:
-    """Run the converter's child: its output into `log_path`, its progress to the person (live on a
-    terminal, a line per step otherwise). Returns its exit status; an interrupt kills it."""
-    # Live lines only for a log that writes to this terminal (the CLI's says so): a library caller's
-    # log (print_nothing by default) decides what it shows.
-    terminal = getattr(log, "draws_on_stderr", False) and sys.stderr.isatty()
-
-    def draw(text: str) -> None:
-        sys.stderr.write(text)
-        sys.stderr.flush()
-
-    relay = progress.Relay(log, draw if terminal else None)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
-    with open(log_path, "w") as fh, subprocess.Popen(cmd, env=env, **pipe) as child:
-        try:
-            while chunk := child.stdout.read1(65536):
-                text = decoder.decode(chunk)
-                fh.write(text)
-                fh.flush()
-                relay.feed(text)
-            relay.close()
-            return child.wait()
-        except BaseException:  # Ctrl-C, a kill of ours: the child goes too
-            child.kill()
-            child.wait()
-            relay.close()
-            raise
-
-
 def weight_summary(xml: Path) -> dict:
     """What the IR really holds: compressed layers by precision and group size (read from the IR)."""
     import openvino as ov
@@ -235,36 +170,42 @@ def export(
     model: str = catalog.DEFAULT_MODEL,
     output: str | os.PathLike | None = None,
     *,
-    weight_format: str = Recipe.weight_format,
-    group_size: int = Recipe.group_size,
-    ratio: float = Recipe.ratio,
-    sym: bool = Recipe.sym,
-    awq: bool | None = Recipe.awq,
-    scale_estimation: bool | None = Recipe.scale_estimation,
+    weight_format: str | None = None,
+    group_size: int | None = None,
+    ratio: float | None = None,
+    sym: bool | None = None,
+    awq: bool | None = None,
+    scale_estimation: bool | None = None,
     force: bool = False,
     check: bool | None = None,
+    memory_check: bool = True,
     converter: Converter | None = None,
     log: Log = print_nothing,
 ) -> Path:
     """Export `model` to an OpenVINO folder and return it.
 
+    Recipe fields left None take the default for the model's size (`ovchat.build.recipe.default_recipe`).
     Without `output` the export goes to the models directory, keyed by source and recipe, and an
     existing complete export there is returned as is (unless `force`). `check` compares the new
     export's perplexity with its float source on a short text (None: when the source is small enough
-    for that to take seconds) and warns when it lost too much. `converter` replaces optimum-intel's
-    exporter (see `Converter`); everything around it stays.
+    for that to take seconds) and warns when it lost too much. Before optimum-intel's exporter starts,
+    its peak memory is estimated (ovchat.build.estimate) and an export that cannot fit is refused
+    (`memory_check=False` tries anyway). `converter` replaces optimum-intel's exporter (see
+    `Converter`); everything around it stays.
     """
-    recipe = Recipe(weight_format, group_size, ratio, sym, awq, scale_estimation)
     source = catalog.resolve(model)
     if source.kind == "exported":
         raise OvchatError(f"{source.location} is already exported: use it directly (--model {model})")
-    cached = output is None
-    target = catalog.export_dir(source, recipe.tag) if cached else Path(output).expanduser().resolve()
     local_source = Path(source.location) if source.kind in ("hf", "gguf") else None
     if source.kind == "gguf":
         from . import gguf
 
         gguf.check_gguf(local_source)  # not GGUF, or an architecture we cannot convert: say so at once
+    given = dict(weight_format=weight_format, group_size=group_size, ratio=ratio, sym=sym, awq=awq,
+                 scale_estimation=scale_estimation)
+    recipe = _recipe_for(source, given, log)
+    cached = output is None
+    target = catalog.export_dir(source, recipe.tag) if cached else Path(output).expanduser().resolve()
     if not cached and target.exists() and not force:
         raise OvchatError(f"{target} already exists: pass --force to replace it")
     if not cached:
@@ -281,17 +222,26 @@ def export(
         if converter is None:
             _need_export_extra()
         try:
-            return _export_locked(source, target, recipe, check, converter or optimum_converter, log)
+            plan = _Plan(recipe, check, memory_check and converter is None, model)
+            return _export_locked(source, target, plan, converter or optimum_converter, log)
         except (OSError, RuntimeError) as exc:
             raise OvchatError(f"exporting {model} to {target} failed: {describe(exc)}") from None
 
 
-def _export_locked(
-    source: catalog.Source, target: Path, recipe: Recipe, check: bool | None, converter: Converter, log: Log
-) -> Path:
+@dataclass(frozen=True)
+class _Plan:
+    recipe: Recipe
+    check: bool | None  # the quick quality check: None decides by size
+    memory_check: bool  # estimate the converter's peak memory first, refuse what cannot fit
+    name: str  # the model as the user named it, for messages
+
+
+def _export_locked(source: catalog.Source, target: Path, plan: _Plan, converter: Converter, log: Log) -> Path:
     started = time.time()
-    local = catalog.materialize(source)
+    recipe = plan.recipe
+    local = catalog.materialize(source, log)
     _check_room(target.parent, local)
+    cost = estimate.check(local, recipe, plan.name, log) if plan.memory_check else None
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     hf_tmp = target.parent / f".{target.name}.src-{os.getpid()}"
     try:
@@ -302,7 +252,7 @@ def _export_locked(
 
             log(f"reading {local.name} (weights and tokenizer from the GGUF metadata)")
             hf_dir = gguf.gguf_to_hf(local, hf_tmp)
-        converter(hf_dir, tmp, recipe, target.parent / f".{target.name}.log", log)
+        peak = converter(hf_dir, tmp, recipe, target.parent / f".{target.name}.log", log)
         log("checking the export (IR, tokenizer round trip, one token)")
         checks = self_check(tmp)
         weights = weight_summary(tmp / "openvino_model.xml")
@@ -317,7 +267,12 @@ def _export_locked(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "export_seconds": round(time.time() - started, 1),
         }
-        quality = _quality_check(tmp, hf_dir, recipe, check, log)
+        if peak:  # measured against the estimate: how docs/quality.md's cost table is kept honest
+            info["export_peak_memory_gb"] = round(peak / estimate.GB, 2)
+        if cost is not None:
+            info["export_estimate"] = {"peak_memory_gb": round(cost.peak_bytes / estimate.GB, 2),
+                                       "seconds": round(cost.seconds)}
+        quality = _quality_check(tmp, hf_dir, recipe, plan.check, log)
         if quality is not None:
             info["quality_check"] = quality
         manifest.write(tmp, info)
@@ -355,12 +310,25 @@ def _quality_check(folder: Path, hf_dir: Path, recipe: Recipe, check: bool | Non
     return result
 
 
+def _recipe_for(source: catalog.Source, given: dict, log: Log = print_nothing) -> Recipe:
+    """The fields given over the default for the source's size (counted without a download where it can be)."""
+    if all(given.get(name) is not None for name in FIELDS[:4]):
+        return with_defaults(None, **given)  # every shape field given: the size changes nothing
+    size = catalog.parameters(source)
+    if size is None:  # a hub id ovchat does not know: its files tell
+        from .estimate import parameters
+
+        size = float(parameters(catalog.materialize(source, log))[0])
+    return with_defaults(size, **given)
+
+
 def ensure_exported(model: str, recipe: Recipe | None = None, log: Log = print_nothing) -> Path:
-    """An exported folder for `model`: itself if already exported, else its cached export (made once)."""
+    """An exported folder for `model`: itself if already exported, else its cached export (made once),
+    with `recipe` (default: ovchat's for the model's size)."""
     source = catalog.resolve(model)
     if source.kind == "exported":
         return Path(source.location)
-    recipe = recipe or Recipe()
+    recipe = recipe or _recipe_for(source, {}, log)
     cached = catalog.export_dir(source, recipe.tag)
     if manifest.read(cached) is not None:
         return cached  # the common case, quietly

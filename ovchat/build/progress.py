@@ -10,6 +10,7 @@ to its log file, verbatim. The child names its own long steps that draw no bar w
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -72,6 +73,8 @@ class Relay:
         self.bar: Bar | None = None  # the step being drawn
         self.finished: str | None = None  # the step that just ended (rich draws its last state twice)
         self.drawn = False  # a live line is on the screen, not yet ended
+        self.step: str | None = None  # the last named step (a STEP line), drawn with its time while no bar runs
+        self.step_started = 0.0
 
     def feed(self, text: str) -> None:
         # Control codes hold no line breaks: they are removed from whole fragments, never cut in two.
@@ -84,7 +87,8 @@ class Relay:
         if fragment.startswith(STEP):
             self._finish()
             self._end_live()
-            self.log(f"  {fragment[len(STEP):].strip()}")
+            self.begin(fragment[len(STEP):].strip())
+            self.log(f"  {self.step}")
             return
         bar = parse(fragment)
         if bar is None or (bar.name == self.finished and bar.pct >= 100):
@@ -98,6 +102,18 @@ class Relay:
             self.drawn = True
         if bar.pct >= 100:
             self._finish()
+
+    def begin(self, step: str) -> None:
+        """Name the step under way (already said to the person) until the child names one."""
+        self.step, self.step_started = step, time.monotonic()
+
+    def tick(self) -> None:
+        """Called about every second: a named step that draws no bar still shows that it is alive."""
+        if self.live is None or self.bar is not None or self.step is None:
+            return
+        spent = int(time.monotonic() - self.step_started)
+        self.live(f"\r\x1b[K  {self.step}: {spent // 60}:{spent % 60:02d}")
+        self.drawn = True
 
     def _finish(self) -> None:
         """The step drawn so far is over: end its live line, or say it once."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..errors import OvchatError
 
@@ -74,3 +74,24 @@ class Recipe:
 
 # The OpenVINO Phi-3 chat sample's: --weight-format int4 --group-size 128 --ratio 0.6 --sym.
 SAMPLE_RECIPE = Recipe(group_size=128, ratio=0.6, awq=False, scale_estimation=False)
+
+# From this many parameters on, the default is LARGE_RECIPE: a calibrated export holds the IR and a
+# compiled float copy of it (ovchat.build.estimate), over 16 GB at Phi-3-mini's 3.8 B on every CPU,
+# and takes half an hour or more on 2 cores; group 32 also decodes slower than group 128 at these
+# widths. The measured table and the reasoning are in docs/quality.md ("The default recipe by size").
+LARGE_MODEL_PARAMETERS = 2e9
+LARGE_RECIPE = Recipe(group_size=128, ratio=0.8, awq=False, scale_estimation=False)
+FIELDS = ("weight_format", "group_size", "ratio", "sym", "awq", "scale_estimation")
+
+
+def default_recipe(parameters: float | None) -> Recipe:
+    """ovchat's default for a model of `parameters` (None: not known, the small-model default)."""
+    return LARGE_RECIPE if parameters is not None and parameters >= LARGE_MODEL_PARAMETERS else Recipe()
+
+
+def with_defaults(parameters: float | None, **given) -> Recipe:
+    """The recipe asked for: the fields given (None: not given) over the default for the model's size."""
+    base = asdict(default_recipe(parameters))
+    if given.get("weight_format") not in (None, "int4"):  # no int4 layers: nothing to calibrate
+        base.update(awq=None, scale_estimation=None)
+    return Recipe(**{**base, **{k: v for k, v in given.items() if v is not None}})
