@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE))
 RECIPES = {  # ovchat.Recipe fields per recipe name; every field spelled out
     "int8": {"weight_format": "int8"},
     "sample": {"group_size": 128, "ratio": 0.6, "sym": True, "awq": False, "scale_estimation": False},
-    "large": {"group_size": 128, "ratio": 0.8, "sym": True, "awq": False, "scale_estimation": False},
+    "g128-r0.8": {"group_size": 128, "ratio": 0.8, "sym": True, "awq": False, "scale_estimation": False},
     "default": {"group_size": 32, "ratio": 0.5, "sym": True, "awq": True, "scale_estimation": True},
 }
 
@@ -165,8 +165,9 @@ def report(rows: list[dict], path: Path) -> None:
     lines = [
         f"# Export cost: peak memory and time of `ovchat export` ({rows[0]['cpu'] if rows else ''})",
         "",
-        f"`.venv/bin/python benchmarks/export_memory.py --tag {path.stem.removeprefix('export_memory_')}`",
-        "(peak: resident memory of the export and its converter child together, sampled every 0.5 s).",
+        "Each row: `.venv/bin/python benchmarks/export_memory.py --models MODEL --recipes RECIPE "
+        f"--tag {path.stem.removeprefix('export_memory_')}`, one export at a time (peak: resident memory of",
+        "the export and its converter child together, sampled every 0.5 s; estimate: `ovchat.build.estimate`).",
         "",
         "| model | recipe | wall time | peak memory | estimated peak | measured / estimate | estimated time | "
         "peak after the line |",

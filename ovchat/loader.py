@@ -41,7 +41,8 @@ def load(
 
     `config` adds OpenVINO properties to the sample's latency config; `cache_dir=""` turns off the
     compiled-model cache (default: under the models directory). `recipe` (an `ovchat.Recipe`) picks
-    the export recipe when the model is not exported yet (default: ovchat's, `ovchat.Recipe()`).
+    the export recipe when the model is not exported yet (default: ovchat's for the model's size,
+    `ovchat.build.recipe.default_recipe`).
     `prompt_lookup` drafts tokens by matching the last words against the prompt (OpenVINO GenAI's
     prompt-lookup decoding): the same answer, about twice as fast when it quotes or edits the prompt,
     about 15% slower when it does not (docs/speed.md).

@@ -186,18 +186,22 @@ def check(source: Path, recipe: Recipe, name: str, log, available: int | None = 
     available = available_bytes() if available is None else available
     if cost.peak_bytes > available:
         raise OvchatError(refusal(source, recipe, name, cost, available))
-    log(f"this export ({recipe.tag}, {cost.parameters / 1e9:.2f} B parameters) needs {cost.describe()}; "
+    log(f"this export ({recipe.tag}, {_count(cost.parameters)} parameters) needs {cost.describe()}; "
         f"{available / GB:.1f} GB available")
     if cost.peak_bytes > WARN_SHARE * available:
         log("warning: that is close to all the memory available: close other programs, or the export may swap")
     return cost
 
 
+def _count(parameters: int) -> str:
+    return f"{parameters / 1e9:.2f} B" if parameters >= 1e9 else f"{parameters / 1e6:.0f} M"
+
+
 def refusal(source: Path, recipe: Recipe, name: str, cost: Cost, available: int) -> str:
     need = cost.peak_bytes / GB
     text = (
         f"exporting {name} with {recipe.tag} needs about {need:.1f} GB of memory at its peak "
-        f"({cost.parameters / 1e9:.2f} B parameters), and {available / GB:.1f} GB is available. "
+        f"({_count(cost.parameters)} parameters), and {available / GB:.1f} GB is available. "
     )
     ways = []
     if recipe.data_aware:

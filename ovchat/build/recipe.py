@@ -75,12 +75,13 @@ class Recipe:
 # The OpenVINO Phi-3 chat sample's: --weight-format int4 --group-size 128 --ratio 0.6 --sym.
 SAMPLE_RECIPE = Recipe(group_size=128, ratio=0.6, awq=False, scale_estimation=False)
 
-# From this many parameters on, the default is LARGE_RECIPE: a calibrated export holds the IR and a
-# compiled float copy of it (ovchat.build.estimate), over 16 GB at Phi-3-mini's 3.8 B on every CPU,
-# and takes half an hour or more on 2 cores; group 32 also decodes slower than group 128 at these
-# widths. The measured table and the reasoning are in docs/quality.md ("The default recipe by size").
+# From this many parameters on, the default is LARGE_RECIPE, the sample's: a calibrated export holds
+# the IR and a float32 compiled copy of it (ovchat.build.estimate), over 16 GB at Phi-3-mini's 3.8 B
+# on every CPU, and takes half an hour or more on 2 cores; group 32 also decodes slower there. Of the
+# data-free recipes measured at full size, the sample's decoded fastest and lost least (docs/quality.md,
+# "What an export costs, and the default recipe by size").
 LARGE_MODEL_PARAMETERS = 2e9
-LARGE_RECIPE = Recipe(group_size=128, ratio=0.8, awq=False, scale_estimation=False)
+LARGE_RECIPE = SAMPLE_RECIPE
 FIELDS = ("weight_format", "group_size", "ratio", "sym", "awq", "scale_estimation")
 
 

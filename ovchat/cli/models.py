@@ -54,10 +54,11 @@ def export(model: str, output: str | None, force: bool, check: bool | None, skip
     """Export MODEL to OpenVINO IR with int4 weights, by default the recipe for its size.
 
     Under 2 B parameters: int4 sym group 32 on half of the layers (the rest int8), AWQ + scale estimation
-    calibrated on shipped text. From 2 B on (Phi-3-mini): int4 sym group 128 on 80% of the layers, not
-    calibrated, which fits in 16 GB and exports in minutes. Any option given overrides that field.
-    The Phi-3 sample's recipe: --group-size 128 --ratio 0.6 --no-awq --no-scale-estimation. Before
-    converting, the export's peak memory is estimated; one that cannot fit is refused (docs/quality.md).
+    calibrated on shipped text. From 2 B on (Phi-3-mini): the OpenVINO Phi-3 sample's recipe, int4 sym
+    group 128 on 60% of the layers, not calibrated (--group-size 128 --ratio 0.6 --no-awq
+    --no-scale-estimation), which fits in 16 GB and exports in minutes. Any option given overrides that
+    field. Before converting, the export's peak memory is estimated; one that cannot fit is refused
+    (docs/quality.md).
     """
     from ..build.export import export as run_export
 
