@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
     config = quantization_config(json.loads(recipe_json), samples)
     print(f"calibrating on {len(samples)} samples of {CALIBRATION_TEXT.name}", flush=True)
     # The same two calls as optimum-intel's `export openvino` command (optimum-intel 2.1).
-    print(f"{STEP}converting to OpenVINO IR (no progress bar: minutes for a 3.8B model)", flush=True)
+    print(f"{STEP}converting to OpenVINO IR", flush=True)
     main_export(
         model_name_or_path=source,
         output=output,

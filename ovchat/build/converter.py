@@ -29,11 +29,11 @@ def optimum_converter(source_dir: Path, out_dir: Path, recipe: Recipe, log_path:
     if recipe.data_aware:
         recipe_json = json.dumps(asdict(recipe))
         cmd = [sys.executable, "-m", "ovchat.build.calibrate", str(source_dir), str(out_dir), recipe_json]
-        log(f"exporting with optimum-intel ({recipe.tag}, calibrated on shipped text); a small model takes minutes")
+        log(f"exporting with optimum-intel ({recipe.tag}, calibrated on shipped text)")
     else:
         cmd = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(source_dir)]
         cmd += ["--task", EXPORT_TASK, *recipe.optimum_args(), str(out_dir)]
-        log(f"exporting with optimum-intel ({recipe.tag}); a small model takes about a minute")
+        log(f"exporting with optimum-intel ({recipe.tag})")
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore", **progress.CHILD_ENV}
     returncode, peak = _run_relayed(cmd, env, log_path, log)
     if returncode != 0:
