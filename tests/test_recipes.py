@@ -50,6 +50,9 @@ def test_the_default_recipe_goes_by_the_models_size(tmp_path):
     # Known without a download: the catalog's count, or the files' own headers.
     assert _recipe_for(catalog.resolve("phi-3-mini"), {}) == LARGE_RECIPE
     assert _recipe_for(catalog.resolve("smollm2-135m"), {}) == Recipe()
+    # The small-model layout asked for on a large model: calibration still follows the size unless asked.
+    shape = {"weight_format": "int4", "group_size": 32, "ratio": 0.5, "sym": True}
+    assert _recipe_for(catalog.resolve("phi-3-mini"), shape).tag == "int4-sym-g32-r0.5"
     folder = headers_only(tmp_path / "Phi-3-mini-4k-instruct", phi3_mini_shapes())
     (folder / "config.json").write_text("{}")
     assert _recipe_for(catalog.resolve(str(folder)), {"awq": True}).tag == "int4-sym-g128-r0.6-awq"

@@ -312,8 +312,8 @@ def _quality_check(folder: Path, hf_dir: Path, recipe: Recipe, check: bool | Non
 
 def _recipe_for(source: catalog.Source, given: dict, log: Log = print_nothing) -> Recipe:
     """The fields given over the default for the source's size (counted without a download where it can be)."""
-    if all(given.get(name) is not None for name in FIELDS[:4]):
-        return with_defaults(None, **given)  # every shape field given: the size changes nothing
+    if all(given.get(name) is not None for name in FIELDS):
+        return with_defaults(None, **given)  # every field given: the size changes nothing
     size = catalog.parameters(source)
     if size is None:  # a hub id ovchat does not know: its files tell
         from .estimate import parameters
