@@ -105,7 +105,8 @@ def prepare_phi3_shape(args) -> dict:
     seed = home / "models" / f"{name}-{SAMPLE_RECIPE.tag}"
     best = home / "models" / f"{name}-{Recipe(**json.loads(args.best_recipe)).tag}"
     gguf = home / "bench-src" / f"{name}.Q4_0.gguf"
-    for path in (seed, best, gguf):
+    wanted = args.engines.split(",") if args.engines else ["ovchat-best"]
+    for path in (seed, best if "ovchat-best" in wanted else seed, gguf):
         if not path.exists():
             raise SystemExit(f"{path} is missing: run benchmarks/phi3_shape.py --layers {args.layers} first")
     gguf_k = home / "bench-src" / f"{name}.Q4_K_M.gguf"

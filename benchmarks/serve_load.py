@@ -220,6 +220,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Rounds over all levels; throughput is their median.")
     parser.add_argument("--url", help="Measure an already running server instead of starting ovchat serve.")
     parser.add_argument("--llama-python", help="A Python with llama-cpp-python[server]: measure it on the same GGUF.")
+    parser.add_argument("--gguf", help="With --llama-python: the GGUF llama.cpp serves, when --model is not one "
+                        "(e.g. an exported folder and the GGUF of the same weights).")
     parser.add_argument("--ovchat", action="append", metavar="NAME=ARGS",
                         help="An ovchat serve variant to measure, by name and extra serve arguments "
                         "(repeatable; e.g. 'fast=--no-batch-invariant'); default: 'ovchat=' (its defaults).")
@@ -243,9 +245,9 @@ def main() -> None:
         if args.llama_python:
             from ovchat import catalog
 
-            gguf = catalog.materialize(catalog.resolve(args.model))
+            gguf = Path(args.gguf) if args.gguf else catalog.materialize(catalog.resolve(args.model))
             if not re.search(r"\.gguf$", str(gguf)):
-                raise SystemExit(f"{args.model} is not a GGUF source; llama.cpp needs one")
+                raise SystemExit(f"{gguf} is not a GGUF file; llama.cpp needs one (--gguf FILE)")
             proc, url = start_llama(args.llama_python, gguf, log)
             try:
                 rows += run_all("llama.cpp", url, args.model, levels, args.max_tokens, args.per_level, args.rounds)

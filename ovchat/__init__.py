@@ -16,6 +16,7 @@ from .loader import load
 from .model import GenerationResponse, Model
 from .sampling import SamplingParams
 from .session import ChatSession
+from .tools import Tool, ToolCall
 
 __version__ = "0.1.0"
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "OvchatError",
     "Recipe",
     "SamplingParams",
+    "Tool",
+    "ToolCall",
     "evaluate",
     "export",
     "load",

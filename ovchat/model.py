@@ -5,6 +5,7 @@ Runtime only: this module imports OpenVINO's packages, never torch or optimum.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import queue
 import threading
@@ -14,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import runtime
+from . import tools as tools_module
 from .errors import OvchatError, describe
 from .precision import Precision
 from .runtime import Message
 from .sampling import LoopGuard, SamplingParams, StopMatcher, generation_config
+from .tools import StreamReader, Tool, ToolCall
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class GenerationResponse:
     tokens_per_second: float | None = None  # decode rate after the first token
     cached_tokens: int = 0  # prompt tokens shared with the previous call, whose KV is reused (not re-read)
     stopped_loop: bool = False  # the loop guard ended the answer: it had started repeating itself
+    tool_calls: tuple[ToolCall, ...] = ()  # on the last piece, when the answer called tools (finish "tool_calls")
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -85,7 +89,12 @@ def _streamer_class():
         def write(self, token):
             tokens = token if isinstance(token, list) else [token]
             self.events.put(("tokens", tokens, time.perf_counter()))
-            self.text.write(token)
+            try:
+                self.text.write(token)
+            except UnicodeDecodeError:
+                # Bytes that are not UTF-8 (a sampled run of byte tokens no character is made of): shown
+                # as one replacement mark. Let through, the error would abort the process from C++.
+                self.events.put(("text", "\ufffd", None))
             return stopped if self.stop.is_set() else running
 
         def end(self) -> None:
@@ -180,6 +189,9 @@ class Model:
         system: str | None = None,
         raw: bool = False,
         sampling: SamplingParams | None = None,
+        tools: Sequence[Tool | dict] | None = None,
+        tool_choice: str = "auto",
+        parallel_tool_calls: bool = True,
         **params,
     ) -> Iterator[GenerationResponse]:
         """Yield the answer piece by piece. `prompt` is a user message, a list of messages, or (raw) text.
@@ -188,11 +200,29 @@ class Model:
         temperature, top_p, top_k, repetition_penalty, presence_penalty, frequency_penalty, seed, stop,
         json_schema). Closing the generator early stops generation at the next token. Successive calls
         with a growing list of messages reuse the KV cache: only new tokens are read.
+
+        With `tools` (see ovchat.tools), the model may call them (`tool_choice` "auto"), must
+        ("required", or a tool's name) or does not ("none"); calls are generated under their schemas
+        and come on the last piece's `tool_calls`. Messages may carry OpenAI's `tool_calls` (an
+        assistant's) and role "tool" results (with `tool_call_id`).
         """
         if sampling is not None and params:
             raise TypeError("pass sampling= or sampling keywords, not both")
         sampling = sampling or SamplingParams.of(**params)
         started = time.perf_counter()  # the wait a user sees includes templating and tokenizing
+        plan = tools_module.plan_for(tools, tool_choice, parallel_tool_calls, sampling.json_schema)
+        if not raw:
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            if system is not None:  # first, so the tools' instructions join it
+                messages = [{"role": "system", "content": system}] + [m for m in messages if m.get("role") != "system"]
+                system = None
+            tools_module.check_history(messages)
+            prompt = plan.prepare(messages)
+        elif plan.active:
+            raise OvchatError("tools need chat messages, not raw text")
+        if plan.active:
+            schema, grammar = plan.constraint()
+            sampling = dataclasses.replace(sampling, json_schema=schema, grammar=grammar)
         inputs, ids = self._prepare(prompt, system, raw)
         room = self.context_length - len(ids)
         if room <= 0:
@@ -212,7 +242,8 @@ class Model:
                 apply_chat_template=not isinstance(inputs, str),
             )
             guard = LoopGuard() if sampling.guards_loops else None
-            yield from self._run(inputs, ids, config, budget, started, StopMatcher(sampling.stop), guard)
+            pieces = self._run(inputs, ids, config, budget, started, StopMatcher(sampling.stop), guard)
+            yield from _with_calls(pieces, StreamReader(plan)) if plan.active else pieces
         finally:
             self._lock.release()
 
@@ -315,6 +346,19 @@ class Model:
             metrics.get_ttft().mean,
             metrics.get_tpot().mean,
         )
+
+
+def _with_calls(pieces: Iterator[GenerationResponse], reader: StreamReader) -> Iterator[GenerationResponse]:
+    """A tool-constrained answer as the caller sees it: a reply's text as it decodes, calls at the end."""
+    for piece in pieces:
+        shown = reader.push(piece.text)
+        if piece.finish_reason is None:
+            if shown:
+                yield dataclasses.replace(piece, text=shown)
+            continue
+        held, calls = reader.finish()
+        finish = "tool_calls" if calls else piece.finish_reason
+        yield dataclasses.replace(piece, text=shown + held, finish_reason=finish, tool_calls=tuple(calls))
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """Hand an exported folder to OpenVINO Model Server (OVMS): write a model repository it serves as is.
 
-The repository holds `config.json` (a `mediapipe_config_list` entry per model) and, per model, a
-folder with the exported files and the `graph.pbtxt` of OVMS's continuous-batching LLM calculator
-(`HttpLLMCalculator` with `LLMCalculatorOptions`), with ovchat serve's runtime settings carried over.
-The same exported files are used: nothing is re-exported.
+The repository holds `config.json` (a `model_config_list` entry per model, as OVMS's own export
+script writes since 2025.4) and, per model, a folder with the exported files and the `graph.pbtxt`
+of OVMS's continuous-batching LLM calculator (`HttpLLMCalculator` with `LLMCalculatorOptions`, and
+the execution-contexts side packet of OVMS 2026.3), with ovchat serve's runtime settings carried
+over and OVMS's tool and reasoning parsers named from the model's chat template. The same exported
+files are used: nothing is re-exported.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from .errors import OvchatError, print_nothing
 from .precision import choose as choose_precision
 
 # The fields of mediapipe.LLMCalculatorOptions ovchat sets, as OVMS's own export script writes them.
-GRAPH_TEMPLATE = """input_stream: "HTTP_REQUEST_PAYLOAD:input"
+GRAPH_TEMPLATE = """# OVMS_GRAPH_QUEUE_MAX_SIZE: AUTO
+input_stream: "HTTP_REQUEST_PAYLOAD:input"
 output_stream: "HTTP_RESPONSE_PAYLOAD:output"
 
 node: {{
@@ -29,6 +32,7 @@ node: {{
   input_stream: "LOOPBACK:loopback"
   input_stream: "HTTP_REQUEST_PAYLOAD:input"
   input_side_packet: "LLM_NODE_RESOURCES:llm"
+  input_side_packet: "LLM_NODE_EXECUTION_CONTEXTS:llm_ctx"
   output_stream: "LOOPBACK:loopback"
   output_stream: "HTTP_RESPONSE_PAYLOAD:output"
   input_stream_info: {{
@@ -43,7 +47,7 @@ node: {{
       enable_prefix_caching: true,
       cache_size: {cache_size},
       max_num_seqs: {max_num_seqs},
-      device: "{device}",
+      device: "{device}",{parsers}
     }}
   }}
   input_stream_handler {{
@@ -58,9 +62,54 @@ node: {{
   }}
 }}
 """
+# The template marks OVMS's chat-template analyzer looks for, in its order (first match wins):
+# (all of these substrings, tool parser, reasoning parser).
+PARSER_MARKS = (
+    (("<|channel|>",), "gptoss", "gptoss"),
+    (("<|tool_call>call:",), "gemma4", "gemma4"),
+    (("<parameter=", "</parameter>", "<function="), "qwen3coder", None),
+    (("functools",), "phi4", None),
+    (("[TOOL_CALLS]", "[ARGS]"), "devstral", None),
+    (("[TOOL_CALLS]",), "mistral", None),
+    (("<|python_tag|>",), "llama3", None),
+    (("<tool_call>", "</tool_call>"), "hermes3", None),
+)
+THINKING_MARKS = ("<think>", "</think>")
+
+
+def parsers(template: str) -> tuple[str | None, str | None]:
+    """OVMS's tool and reasoning parsers for a chat template (None: the template has no such format)."""
+    thinks = "qwen3" if any(mark in template for mark in THINKING_MARKS) else None
+    for marks, tool, reasoning in PARSER_MARKS:
+        if all(mark in template for mark in marks):
+            return tool, reasoning or (thinks if tool in ("qwen3coder", "hermes3") else None)
+    return None, thinks
+
+
+def _parser_options(template: str) -> str:
+    tool, reasoning = parsers(template)
+    lines = []
+    if reasoning:
+        lines.append(f'reasoning_parser: "{reasoning}",')
+    if tool:  # OVMS then constrains calls to their schemas, as ovchat serve does
+        lines += [f'tool_parser: "{tool}",', "enable_tool_guided_generation: true,"]
+    return "".join(f"\n      {line}" for line in lines)
+
+
 # What OVMS's LLM calculator reads from the model folder.
 REQUIRED_FILES = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
 SKIPPED_FILES = ("ovchat_manifest.json",)  # ovchat's own; the copy is no longer an ovchat export
+
+
+def _chat_template(path: Path) -> str:
+    """The template OVMS will use: chat_template.jinja beside the model first (as OVMS reads it), else
+    the tokenizer's."""
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    import openvino_genai as ov_genai
+
+    return ov_genai.Tokenizer(str(path)).chat_template or ""
 
 
 def _place(source: Path, target: Path) -> None:
@@ -117,7 +166,11 @@ def write_repository(
     )
     (staging / "graph.pbtxt").write_text(
         GRAPH_TEMPLATE.format(
-            plugin_config=plugin_config, cache_size=kv_cache_gb, max_num_seqs=max_num_seqs, device=device
+            plugin_config=plugin_config,
+            cache_size=kv_cache_gb,
+            max_num_seqs=max_num_seqs,
+            device=device,
+            parsers=_parser_options(_chat_template(path)),
         )
     )
     if folder.exists():
@@ -126,9 +179,11 @@ def write_repository(
     staging.rename(folder)
     config = root / "config.json"
     data = json.loads(config.read_text()) if config.is_file() else {}
-    entries = [e for e in data.get("mediapipe_config_list", []) if e.get("name") != name]
-    entries.append({"name": name, "base_path": name})
-    data = {**data, "mediapipe_config_list": entries, "model_config_list": data.get("model_config_list", [])}
+    # Graphs listed the older way (mediapipe_config_list) move to model_config_list, as OVMS's script does.
+    legacy = [{"config": e} for e in data.pop("mediapipe_config_list", []) if "name" in e and "base_path" in e]
+    entries = [e for e in data.get("model_config_list", []) + legacy if e.get("config", {}).get("name") != name]
+    entries.append({"config": {"name": name, "base_path": name}})
+    data = {**data, "model_config_list": entries}
     partial = config.with_name(f".config.json.tmp-{os.getpid()}")
     partial.write_text(json.dumps(data, indent=4) + "\n")
     partial.replace(config)  # whole or the old one: OVMS may be watching this file

@@ -26,7 +26,8 @@ RECOMMENDED_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty")
 class SamplingParams:
     """How to pick tokens. temperature 0 is greedy; top_k 0 means no limit; seed None samples differently
     each time; `stop` strings end the
-    answer (and are not part of it); `json_schema` (a JSON text) constrains the answer to it;
+    answer (and are not part of it); `json_schema` (a JSON text) constrains the answer to it, as does
+    `grammar` (EBNF in XGrammar's dialect, see ovchat.grammar);
     `no_repeat_ngram_size` N forbids any N tokens in a row twice (0: off); `loop_guard` ends an
     answer that has started repeating itself (see LoopGuard; not with a JSON schema, whose grammar
     shapes the answer and whose cut would not parse)."""
@@ -42,6 +43,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     json_schema: str | None = None
     no_repeat_ngram_size: int = 0
+    grammar: str | None = None
     loop_guard: bool = True
 
     def __post_init__(self) -> None:
@@ -74,6 +76,7 @@ class SamplingParams:
             ("no_repeat_ngram_size", integer(self.no_repeat_ngram_size) and self.no_repeat_ngram_size >= 0,
              "0 (off) or a positive integer"),
             ("loop_guard", isinstance(self.loop_guard, bool), "True or False"),
+            ("grammar", self.grammar is None or isinstance(self.grammar, str), "an EBNF text or None"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -81,8 +84,13 @@ class SamplingParams:
 
     @property
     def guards_loops(self) -> bool:
-        """Whether the loop guard runs: asked for, and no JSON schema shapes the answer."""
-        return self.loop_guard and self.json_schema is None
+        """Whether the loop guard runs: asked for, and no grammar shapes the answer."""
+        return self.loop_guard and not self.constrained
+
+    @property
+    def constrained(self) -> bool:
+        """A JSON schema or a grammar shapes the answer."""
+        return self.json_schema is not None or self.grammar is not None
 
     def summary(self) -> str:
         """How tokens are picked, as a person reads it: "greedy" or "temperature 0.5, top-p 0.9, ..."."""
@@ -137,7 +145,9 @@ def generation_config(
             config.top_k = params.top_k
         # Unseeded sampling differs from answer to answer (GenAI's own default seed is a constant).
         config.rng_seed = params.seed if params.seed is not None else secrets.randbits(63)
-    if params.json_schema is not None:
+    if params.grammar is not None:
+        config.structured_output_config = ov_genai.StructuredOutputConfig(grammar=params.grammar)
+    elif params.json_schema is not None:
         config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=params.json_schema)
     return config
 

@@ -88,6 +88,21 @@ def tiny_phi3_ov(tiny_phi3_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_phi3_long_ov(ovchat_home: Path) -> Path:
+    """The tiny Phi-3 with a 4096-token context (room for tool descriptions), exported in fp16."""
+    import ovchat
+    from ovchat.synthetic import tiny_phi3
+
+    path = ovchat_home / "src" / "tiny-phi3-long"
+    if not path.is_dir():
+        partial = path.with_name(f".tiny-phi3-long-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        tiny_phi3(partial, context_length=4096)
+        partial.rename(path)
+    return ovchat.export(str(path), weight_format="fp16")
+
+
+@pytest.fixture(scope="session")
 def noisy_dir(ovchat_home: Path, tiny_phi3_dir: Path) -> Path:
     """A damaged copy of the tiny Phi-3: noise on every weight (which also brings its attention to life)."""
     path = ovchat_home / "src" / "tiny-phi3-noisy"

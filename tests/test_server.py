@@ -136,6 +136,44 @@ def _good(server) -> None:
 
 
 M = [{"role": "user", "content": "hi"}]
+F = {"type": "function", "function": {"name": "f"}}
+
+
+def _tool(parameters) -> dict:
+    return {"type": "function", "function": {"name": "f", "parameters": parameters}}
+
+
+_CALLED = {"role": "assistant", "content": None,
+           "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+BAD_TOOLS = [
+    ("tools not a list", {"messages": M, "tools": F}, "tools"),
+    ("tool not an object", {"messages": M, "tools": ["f"]}, "tools[0]"),
+    ("tool of another type", {"messages": M, "tools": [{"type": "retrieval"}]}, "tools[0].type"),
+    ("tool without a name", {"messages": M, "tools": [{"type": "function", "function": {}}]},
+     "tools[0].function.name"),
+    ("tool name with a space", {"messages": M, "tools": [{"type": "function", "function": {"name": "get it"}}]},
+     "tools[0].function.name"),
+    ("two tools of one name", {"messages": M, "tools": [F, F]}, "tools[1].function.name"),
+    ("parameters not an object", {"messages": M, "tools": [_tool([])]}, "tools[0].function.parameters"),
+    ("parameters of type string", {"messages": M, "tools": [_tool({"type": "string"})]},
+     "tools[0].function.parameters"),
+    ("parameters with lookahead", {"messages": M, "tools": [_tool({"type": "object", "properties": {
+        "x": {"type": "string", "pattern": "(?=a)b"}}})]}, "tools[0].function.parameters.properties.x"),
+    ("parameters with a recursive $ref", {"messages": M, "tools": [_tool({"type": "object", "properties": {
+        "next": {"$ref": "#"}}})]}, "tools[0].function.parameters"),
+    ("tool_choice unknown word", {"messages": M, "tools": [F], "tool_choice": "always"}, "tool_choice"),
+    ("tool_choice required without tools", {"messages": M, "tool_choice": "required"}, "tool_choice"),
+    ("tool_choice naming no tool", {"messages": M, "tools": [F],
+                                    "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+    ("parallel_tool_calls a string", {"messages": M, "tools": [F], "parallel_tool_calls": "yes"},
+     "parallel_tool_calls"),
+    ("tool message without its call id", {"messages": [*M, _CALLED, {"role": "tool", "content": "1"}]},
+     "messages[2].tool_call_id"),
+    ("tool message answering no call", {"messages": [*M, _CALLED, {"role": "tool", "tool_call_id": "call_2",
+                                                                  "content": "1"}]}, "messages[2].tool_call_id"),
+    ("tool_calls on a user message", {"messages": [{**_CALLED, "role": "user", "content": "x"}]},
+     "messages[0].tool_calls"),
+]
 BAD_CHAT = [
     ("malformed JSON", b"{bad", None),
     ("array body", b"[1, 2]", None),
@@ -173,12 +211,11 @@ BAD_CHAT = [
     ("json_schema without schema", {"messages": M, "response_format": {"type": "json_schema"}},
      "response_format.json_schema"),
     ("logprobs", {"messages": M, "logprobs": True}, "logprobs"),
-    ("tools", {"messages": M, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ("seed a string", {"messages": M, "seed": "1"}, "seed"),
     ("top_k huge", {"messages": M, "top_k": 2**64}, "top_k"),
     ("repetition_penalty zero", {"messages": M, "repetition_penalty": 0}, "repetition_penalty"),
-    ("tool_choice", {"messages": M, "tool_choice": "required"}, "tool_choice"),
     ("functions", {"messages": M, "functions": [{"name": "f"}]}, "functions"),
+    *BAD_TOOLS,
     ("top_logprobs", {"messages": M, "top_logprobs": 3}, "top_logprobs"),
     ("deeply nested JSON", b"[" * 100000, None),
     ("a 5000-digit number", b'{"messages": [], "max_tokens": ' + b"9" * 5000 + b"}", None),

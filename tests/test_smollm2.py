@@ -96,6 +96,16 @@ def test_readme_python_example_runs(smollm2_ov):
     assert "repetition penalty 1.1 from ovchat's default" in done.stdout  # the chat's sampling, and why
 
 
+def test_readme_tool_example_runs(smollm2_ov):
+    readme = (catalog.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    load, tools = re.findall(r"```python\n(.*?)```", readme.split("## Python\n", 1)[1], re.S)[:2]
+    load = "\n".join(line for line in load.splitlines() if line.startswith(("import ", "model = "))) + "\n"
+    done = subprocess.run([sys.executable, "-c", load + tools], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    called, answer = done.stdout.split("\n", 1)
+    assert re.fullmatch(r"add \{'a': -?\d+, 'b': -?\d+\}", called) and answer.strip()
+
+
 def test_loads_in_optimum_intel_as_the_seed_does(smollm2_ov, tmp_path):
     from optimum.intel.openvino import OVModelForCausalLM
     from transformers import AutoConfig, AutoTokenizer

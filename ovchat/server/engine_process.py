@@ -161,7 +161,7 @@ class _Engine:
     def _recover(self, exc: Exception) -> list[tuple]:
         problem = _line(exc)
         _log(f"a step failed, rebuilding the pipeline: {problem}")
-        suspects = {rid for rid in self.fresh if self.requests[rid].sampling.json_schema is not None}
+        suspects = {rid for rid in self.fresh if self.requests[rid].sampling.constrained}
         updates = []
         for rid in suspects or set(self.requests):
             finish = f"error:schema:{problem}" if suspects else "error:the engine failed"
@@ -173,7 +173,7 @@ class _Engine:
         for rid, request in survivors.items():
             if request.cancelled:
                 updates.append((rid, [], "cancelled"))
-            elif request.sampling.json_schema is not None and request.generated:
+            elif request.sampling.constrained and request.generated:
                 # Resumed, its grammar would start again mid-answer: the JSON would not parse.
                 updates.append((rid, [], "error:the engine restarted in the middle of this answer; retry it"))
             elif finish := self.add(rid, request.ids, request.sampling, request.generated):

@@ -7,33 +7,17 @@ silently dropped.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .. import tools as toolkit
 from ..sampling import SamplingParams
+from .api_error import ApiError
+from .schemas import check_json_schema
 
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        code: str | None = None,
-        kind: str = "invalid_request_error",
-        headers: dict | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+__all__ = ["ApiError", "ChatRequest", "CompletionRequest", "parse"]  # ApiError's home for the routes
 
 
 class _Strict(BaseModel):
@@ -45,20 +29,67 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # which call a tool message answers
 
     @model_validator(mode="after")
     def _content(self):
         if self.content is None and self.role != "assistant":
             raise ValueError(f"a {self.role} message needs content")
+        if self.role == "tool" and not self.tool_call_id:
+            raise _Refused("tool_call_id", "a tool message needs the tool_call_id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise _Refused("tool_calls", "only assistant messages carry tool_calls")
         return self
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
         return self.content or ""
+
+    def plain(self) -> dict:
+        """As the chat template and ovchat.tools see it (developer is the system role)."""
+        out = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class FunctionDef(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    description: str = ""
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class ToolDef(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class StreamOptions(_Strict):
@@ -120,7 +151,11 @@ class _Sampling(_Strict):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def sampling(
-        self, max_new_tokens: int, json_schema: str | None = None, defaults: SamplingParams | None = None
+        self,
+        max_new_tokens: int,
+        json_schema: str | None = None,
+        defaults: SamplingParams | None = None,
+        grammar: str | None = None,
     ) -> SamplingParams:
         """This request's sampling, with the budget the server granted; the fields it leaves out take
         `defaults` (the served model's recommendation)."""
@@ -144,6 +179,7 @@ class _Sampling(_Strict):
             seed=secrets.randbits(63) if self.seed is None else self.seed % 2**63,
             stop=tuple(self.stops()),
             json_schema=json_schema,
+            grammar=grammar,
         )
 
 
@@ -151,19 +187,31 @@ class ChatRequest(_Sampling):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: MaxTokens | None = None
     response_format: ResponseFormat | None = None
-    tools: list | None = None
-    tool_choice: Any = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     functions: list | None = None
     function_call: Any = None
     top_logprobs: int | None = None
 
     @model_validator(mode="after")
     def _chat_checks(self):
-        for name in ("tools", "functions", "function_call"):
+        for name in ("functions", "function_call"):
             if getattr(self, name):
-                raise _Refused(name, "tool calling is not supported by this server")
-        if self.tool_choice not in (None, "none", "auto"):
-            raise _Refused("tool_choice", "tool calling is not supported by this server")
+                raise _Refused(name, f"{name} is OpenAI's deprecated form: send tools and tool_choice")
+        names = [tool.function.name for tool in self.tools or []]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise _Refused(f"tools[{i}].function.name", f"two tools are named {name!r}; names must be unique")
+        choice = self.tool_choice
+        if choice == "required" and not names:
+            raise _Refused("tool_choice", "tool_choice 'required' needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise _Refused(
+                "tool_choice",
+                f"tool_choice names {choice.function.name!r}, which is not among the tools"
+                + (f" ({', '.join(names)})" if names else " (none were given)"),
+            )
         if self.top_logprobs:
             raise _Refused("top_logprobs", "logprobs are not supported by this server")
         if self.response_format and self.response_format.type == "json_schema" and not self.response_format.json_schema:
@@ -173,16 +221,47 @@ class ChatRequest(_Sampling):
     def budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def messages_plain(self) -> list[dict]:
+        """The messages as plain dicts, a tool result's call checked against the conversation."""
+        messages = [m.plain() for m in self.messages]
+        try:
+            toolkit.check_history(messages)
+        except toolkit.ToolError as exc:
+            raise ApiError(400, str(exc), exc.param) from None
+        return messages
+
+    def tool_plan(self) -> toolkit.ToolPlan:
+        """What the tools do to this request (checked here: a bad schema would break the engine)."""
+        given = []
+        for i, tool in enumerate(self.tools or []):
+            where = f"tools[{i}].function.parameters"
+            try:
+                made = toolkit.make_tool(tool.function.name, tool.function.description, tool.function.parameters, where)
+            except toolkit.ToolError as exc:
+                raise ApiError(400, str(exc), exc.param) from None
+            check_json_schema(tool.function.parameters or {}, where)
+            given.append(made)
+        choice = self.tool_choice
+        named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+        reply = self._response_schema()
+        return toolkit.ToolPlan(
+            tuple(given), named or choice or "auto", self.parallel_tool_calls, None if reply is None else reply
+        )
+
     def schema(self) -> str | None:
-        """The JSON schema the answer must follow, if any (checked here: a bad one would break the engine)."""
+        """The JSON schema response_format asks for, if any (with tools, see ToolPlan.constraint)."""
+        reply = self._response_schema()
+        return None if reply is None else json.dumps(reply)
+
+    def _response_schema(self) -> dict | bool | None:
         fmt = self.response_format
         if fmt is None or fmt.type == "text":
             return None
         if fmt.type == "json_object":
-            return json.dumps({"type": "object"})
+            return {"type": "object"}
         schema = fmt.json_schema.schema_
         check_json_schema(schema, "response_format.json_schema.schema")
-        return json.dumps(schema)
+        return schema
 
 
 class CompletionRequest(_Sampling):
@@ -253,8 +332,9 @@ def parse(model: type[BaseModel], data: Any) -> BaseModel:
     except ValidationError as exc:
         error = exc.errors()[0]
         cause = error.get("ctx", {}).get("error")
-        if isinstance(cause, _Refused):
-            raise ApiError(400, str(cause), cause.param) from None
+        if isinstance(cause, _Refused):  # named from where its validator ran (a message: messages[2].x)
+            where = _param(error["loc"])[0]
+            raise ApiError(400, str(cause), f"{where}.{cause.param}" if where else cause.param) from None
         param, in_branch = _param(error["loc"])
         name = param.rsplit(".", 1)[-1]
         if error["type"] == "missing":
@@ -264,84 +344,3 @@ def parse(model: type[BaseModel], data: Any) -> BaseModel:
         else:
             message = error["msg"].removeprefix("Value error, ")
         raise ApiError(400, f"{param}: {message}" if param else message, param or None) from None
-
-
-_TYPES = {"string", "number", "integer", "boolean", "object", "array", "null"}
-_BOUNDS = (
-    ("minLength", "maxLength"),
-    ("minItems", "maxItems"),
-    ("minimum", "maximum"),
-    ("minProperties", "maxProperties"),
-)
-_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
-# Regex syntax the grammar compiler does not take (lookaround, named groups, backreferences).
-_UNSUPPORTED_REGEX = re.compile(r"\(\?(?!:)|\\[1-9]|\\k<")
-MAX_SCHEMA_DEPTH = 32
-
-
-def check_json_schema(schema: Any, where: str) -> None:
-    """Refuse what the grammar compiler cannot build. Its errors surface only once generation starts,
-    so they are caught here: types, patterns, bounds, references, empty enums, false schemas."""
-    _check_schema(schema, where, schema, 0)
-
-
-def _check_schema(schema: Any, where: str, root: Any, depth: int) -> None:
-    def refuse(message: str) -> None:
-        raise ApiError(400, f"{where}{message}", where)
-
-    if depth > MAX_SCHEMA_DEPTH:
-        refuse(f": nested deeper than {MAX_SCHEMA_DEPTH} levels")
-    if schema is False:
-        refuse(": a false schema accepts nothing")
-    if schema is True:
-        return
-    if not isinstance(schema, dict):
-        refuse(": a schema must be an object or a boolean")
-    types = schema.get("type")
-    for name in types if isinstance(types, list) else [types] if types is not None else []:
-        if name not in _TYPES:
-            refuse(f".type: unknown type {name!r}")
-    if "pattern" in schema:
-        pattern = schema["pattern"]
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as exc:
-            refuse(f".pattern: not a valid regular expression ({exc})")
-        if _UNSUPPORTED_REGEX.search(pattern):
-            refuse(".pattern: lookaround, named groups and backreferences are not supported")
-    for name in _COUNTS:
-        if name in schema and not (isinstance(schema[name], int) and schema[name] >= 0):
-            refuse(f".{name}: must be a non-negative integer")
-    for low, high in _BOUNDS:
-        lo, hi = schema.get(low), schema.get(high)
-        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo > hi:
-            refuse(f": {low} {lo} is greater than {high} {hi}")
-    if "enum" in schema and not (isinstance(schema["enum"], list) and schema["enum"]):
-        refuse(".enum: must be a non-empty list")
-    if isinstance(schema.get("items"), list):
-        refuse(".items: a list of schemas is the old tuple form; use prefixItems")
-    if "$ref" in schema:
-        _resolve(schema["$ref"], root, where)
-    for key, value in schema.items():
-        if key in ("properties", "patternProperties", "$defs", "definitions") and isinstance(value, dict):
-            for name, sub in value.items():
-                _check_schema(sub, f"{where}.{key}.{name}", root, depth + 1)
-        elif key in ("items", "additionalProperties", "not", "if", "then", "else", "contains") and isinstance(
-            value, dict
-        ):
-            _check_schema(value, f"{where}.{key}", root, depth + 1)
-        elif key in ("anyOf", "oneOf", "allOf", "prefixItems") and isinstance(value, list):
-            for i, sub in enumerate(value):
-                _check_schema(sub, f"{where}.{key}[{i}]", root, depth + 1)
-
-
-def _resolve(ref: Any, root: Any, where: str) -> None:
-    """A $ref must point inside this schema, at something that exists."""
-    if not isinstance(ref, str) or not ref.startswith("#"):
-        raise ApiError(400, f"{where}.$ref: only references inside the schema (#/...) are supported", where)
-    node = root
-    for part in [p for p in ref[1:].split("/") if p]:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if not isinstance(node, dict) or part not in node:
-            raise ApiError(400, f"{where}.$ref: {ref!r} points at nothing in the schema", where)
-        node = node[part]

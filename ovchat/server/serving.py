@@ -22,6 +22,7 @@ from .. import runtime
 from ..config import SERVE_STALL_SECONDS, format_ms
 from ..errors import OvchatError
 from ..sampling import RECOMMENDED_FIELDS, LoopGuard, StopMatcher
+from ..tools import StreamReader, ToolPlan
 from .batching import BatchEngine, EngineUnavailable, Job, Overloaded
 from .detok import IncrementalDecoder
 from .metrics import Metrics
@@ -30,6 +31,7 @@ from .served import Served
 from .settings import Settings
 
 log = logging.getLogger("ovchat.server")
+NO_TOOLS = ToolPlan(())
 
 
 @dataclass
@@ -89,13 +91,13 @@ class Answer:
 class GenerationFailed(Exception):
     """The engine could not finish this answer. Its message is safe to show (no paths, no internals)."""
 
-    def error(self) -> ApiError:
+    def error(self, schema_param: str = "response_format") -> ApiError:
         message = str(self)
         if message.startswith("schema:"):  # this request's own JSON schema: the client's to fix
             return ApiError(
                 400,
                 f"the grammar compiler rejected this JSON schema ({message[7:]})",
-                "response_format",
+                schema_param,
                 "invalid_json_schema",
             )
         return ApiError(500, f"generation failed: {message}", kind="server_error", code="generation_failed")
@@ -168,9 +170,11 @@ class Serving:
     # -- requests to token ids ---------------------------------------------------------------------
     async def chat(self, request: Request, req: ChatRequest):
         self.check_model(req.model)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        plan = req.tool_plan()
+        messages = plan.prepare(req.messages_plain())
         ids = await asyncio.to_thread(self._chat_ids, messages)  # a long prompt must not stall every stream
-        return await self._generate(request, req, ids, chat=True, schema=req.schema())
+        schema, grammar = plan.constraint() if plan.active else (req.schema(), None)
+        return await self._generate(request, req, ids, chat=True, schema=schema, plan=plan, grammar=grammar)
 
     async def complete(self, request: Request, req: CompletionRequest):
         self.check_model(req.model)
@@ -184,7 +188,7 @@ class Serving:
                     400, f"prompt: token id {bad} is outside the vocabulary (0..{served.vocab_size - 1})", "prompt"
                 )
             ids = list(req.prompt)
-        return await self._generate(request, req, ids, chat=False, schema=None)
+        return await self._generate(request, req, ids, chat=False, schema=None, plan=NO_TOOLS)
 
     def _chat_ids(self, messages: list[dict]) -> list[int]:
         try:
@@ -194,7 +198,16 @@ class Serving:
         return runtime.encode(self.served.tokenizer, prompt, add_special_tokens=False)
 
     # -- admission and the answer ------------------------------------------------------------------
-    async def _generate(self, request: Request, req, ids: list[int], chat: bool, schema: str | None):
+    async def _generate(
+        self,
+        request: Request,
+        req,
+        ids: list[int],
+        chat: bool,
+        schema: str | None,
+        plan: ToolPlan,
+        grammar: str | None = None,
+    ):
         settings = self.settings
         context = self.served.context_length
         if len(ids) >= context:
@@ -212,7 +225,7 @@ class Serving:
         # Documented choice: an answer that would not fit (or passes the server's limit) is clamped and
         # ends with finish_reason "length".
         budget = min(asked or settings.max_tokens_limit, settings.max_tokens_limit, context - len(ids))
-        job = self._submit(ids, req.sampling(budget, schema, self.served.sampling))
+        job = self._submit(ids, req.sampling(budget, schema, self.served.sampling, grammar))
         self.metrics.count("ovchat_prompt_tokens_total", len(ids))
         answer = Answer(self.batch, job, self.served.tokenizer, self._count_loop)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -220,20 +233,20 @@ class Serving:
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                self._stream(answer, rid, created, chat, usage, len(ids)),
+                self._stream(answer, rid, created, chat, usage, len(ids), plan),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        text, finish = await _collect(request, answer)
+        text, finish = await _collect(request, answer, _schema_param(plan))
         _log_done(rid, len(ids), job, finish)
         head = self._header(rid, "chat.completion" if chat else "text_completion", created)
         if chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
+            content, calls = plan.read(text)
+            message = {"role": "assistant", "content": content}
+            if calls:
+                message["tool_calls"] = [call.as_openai() for call in calls]
+                finish = "tool_calls"
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
         return {**head, "choices": [_mark(choice, answer)], "usage": _usage(len(ids), answer.tokens)}
@@ -269,13 +282,22 @@ class Serving:
         }
 
     async def _stream(
-        self, answer: Answer, rid: str, created: int, chat: bool, usage: bool, prompt_tokens: int
+        self,
+        answer: Answer,
+        rid: str,
+        created: int,
+        chat: bool,
+        usage: bool,
+        prompt_tokens: int,
+        plan: ToolPlan,
     ) -> AsyncIterator[str]:
         head = self._header(rid, "chat.completion.chunk" if chat else "text_completion", created)
+        reader = StreamReader(plan)
 
-        def event(text: str | None, finish: str | None, role: bool = False) -> str:
+        def event(text: str | None, finish: str | None, role: bool = False, delta: dict | None = None) -> str:
             if chat:
-                delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
+                if delta is None:
+                    delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
@@ -293,27 +315,34 @@ class Serving:
                 if piece is None:
                     yield ": keep-alive\n\n"  # long prefill or a queue wait: keep proxies from timing out
                     continue
+                shown = reader.push(piece.text) if chat else piece.text
+                if shown:
+                    yield event(shown, None)
                 if piece.finish:
                     finish = piece.finish
-                    if piece.text:
-                        yield event(piece.text, None)
+                    if chat:  # what was held back: calls, or an answer not in the generic form
+                        content, calls = reader.finish()
+                        if content:
+                            yield event(content, None)
+                        for index, call in enumerate(calls):
+                            for delta in call.deltas(index):
+                                yield event(None, None, delta={"tool_calls": [delta]})
+                        finish = "tool_calls" if calls else finish
                     yield event(None, finish)
                     break
-                if piece.text:
-                    yield event(piece.text, None)
             if usage:
                 totals = _usage(prompt_tokens, answer.tokens)
                 yield f"data: {json.dumps({**head, 'choices': [], 'usage': totals})}\n\n"
         except GenerationFailed as exc:
             log.warning("%s failed: %s", rid, exc)
-            yield f"data: {json.dumps(exc.error().body())}\n\n"
+            yield f"data: {json.dumps(exc.error(_schema_param(plan)).body())}\n\n"
         finally:
             answer.close()
             _log_done(rid, prompt_tokens, answer.job, finish or "cut")
         yield "data: [DONE]\n\n"
 
 
-async def _collect(request: Request, answer: Answer) -> tuple[str, str]:
+async def _collect(request: Request, answer: Answer, schema_param: str) -> tuple[str, str]:
     """The whole answer, for a client that did not ask for a stream (its leaving still stops the job)."""
 
     async def client_gone():
@@ -331,10 +360,15 @@ async def _collect(request: Request, answer: Answer) -> tuple[str, str]:
                 return "".join(parts), piece.finish
     except GenerationFailed as exc:
         log.warning("generation failed: %s", exc)
-        raise exc.error() from None
+        raise exc.error(schema_param) from None
     finally:
         watcher.cancel()
         answer.close()
+
+
+def _schema_param(plan: ToolPlan) -> str:
+    """The request field whose schema the grammar compiler would have rejected."""
+    return "tools" if plan.active else "response_format"
 
 
 def _mark(choice: dict, answer: Answer) -> dict:
