@@ -4,8 +4,10 @@ The sample (optimum-intel's OVModelForCausalLM + transformers' generate) re-read
 every turn; ovchat's session keeps the KV cache, so only the new message is read. Both run on the
 same exported folder and see the same conversation (ovchat's answers are replayed to the sample's loop).
 With --llama-python and --gguf, llama.cpp (llama-cpp-python, which reuses the longest cached prefix)
-gets the same conversation as token ids: each earlier answer is read untimed, then the new question
-is timed, so it too reads only the new message.
+gets the same conversation as token ids, one prompt per turn, each timed to its first token: it reads
+what its cache does not hold, the previous answer (as the conversation writes it) and the new message.
+ovchat's session does the same where the tokens the model wrote differ from the answer's text
+tokenized again (a random-weight model's answers do).
 
     .venv/bin/python benchmarks/chat_turns.py [--model smollm2-135m] [--turns 20] [--runs 3]
         [--llama-python PY --gguf FILE.gguf]
@@ -86,27 +88,21 @@ def sample_run(folder: Path, conversation: list[dict], turns: list[int]) -> list
     return ttfts
 
 
-def turn_ids(folder: Path, conversation: list[dict], turns: int) -> list[dict]:
-    """Per turn, as the model's own token ids: the history up to the previous answer (read untimed)
-    and the whole prompt with the new question (timed)."""
+def turn_ids(folder: Path, conversation: list[dict], turns: int) -> list[list[int]]:
+    """Each turn's whole prompt (history up to its question), as the model's own token ids."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
-    encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    rows = []
-    for turn in range(1, turns + 1):
-        history = conversation[: 1 + 2 * (turn - 1) + 1]
-        before = tok.apply_chat_template(history[:-1], tokenize=False) if turn > 1 else ""
-        rows.append(
-            {
-                "before": encode(before) if before else [],
-                "prompt": encode(tok.apply_chat_template(history, tokenize=False, add_generation_prompt=True)),
-            }
-        )
-    return rows
+    return [
+        tok(
+            tok.apply_chat_template(conversation[: 1 + 2 * (turn - 1) + 1], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
+        for turn in range(1, turns + 1)
+    ]
 
 
-def llama_run(python: str, gguf: Path, rows: list[dict], turns: list[int]) -> list[float]:
+def llama_run(python: str, gguf: Path, rows: list[list[int]], turns: list[int]) -> list[float]:
     with tempfile.NamedTemporaryFile("w", suffix=".json") as spec:
         json.dump({"gguf": str(gguf), "rows": rows, "turns": turns}, spec)
         spec.flush()
@@ -126,7 +122,7 @@ def llama_worker(spec_path: str) -> None:
         model_path=spec["gguf"],
         n_threads=os.cpu_count(),
         n_threads_batch=os.cpu_count(),
-        n_ctx=max(len(r["prompt"]) for r in rows) + 64,
+        n_ctx=max(len(r) for r in rows) + 64,
         n_batch=512,
         verbose=False,
     )
@@ -138,12 +134,10 @@ def llama_worker(spec_path: str) -> None:
         first_token(llm.tokenize(text.encode(), add_bos=False))
     llm.reset()
     ttfts = []
-    for turn, row in enumerate(rows, start=1):
-        if row["before"]:
-            first_token(row["before"])  # the earlier answer enters the cache, as in a live chat
+    for turn, prompt in enumerate(rows, start=1):
+        started = time.perf_counter()
+        first_token(prompt)  # every turn, so the cache holds the conversation as a chat would
         if turn in spec["turns"]:
-            started = time.perf_counter()
-            first_token(row["prompt"])
             ttfts.append(time.perf_counter() - started)
     print(json.dumps(ttfts))
 
