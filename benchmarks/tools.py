@@ -57,9 +57,12 @@ def prompt(i: int) -> str:
     return PROMPTS[i % len(PROMPTS)].format(city=CITIES[i % len(CITIES)], a=i * 7, b=i + 3, n=1 + i % 9)
 
 
-def run(model, i: int, choice: str | None, budget: int):
+def run(model, i: int, choice: str | None, budget: int, described: bool = False):
     kwargs = {"tools": TOOLS, "tool_choice": choice} if choice else {}
-    *_, last = model.stream_generate(prompt(i), max_new_tokens=budget, temperature=0.8, seed=i, **kwargs)
+    messages = [{"role": "user", "content": prompt(i)}]
+    if described:  # the same prompt as with tools, generated without their grammar
+        messages = ovchat.tools.plan_for(TOOLS).prepare(messages)
+    *_, last = model.stream_generate(messages, max_new_tokens=budget, temperature=0.8, seed=i, **kwargs)
     return last
 
 
@@ -80,16 +83,19 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--labels", default="required,named,auto,described,no tools",
+                        help="which runs, comma-separated: required, named, auto, described (the tools' "
+                        "prompt without their grammar), 'no tools'")
     parser.add_argument("--tag", required=True, help="names the results file: the CPU, e.g. epyc_avx2 or xeon")
     args = parser.parse_args()
     model = ovchat.load(args.model)
     model.generate("warm up", max_new_tokens=4)
     rows: dict[str, dict] = {}
-    for label in ("required", "named", "auto", "no tools"):
+    for label in args.labels.split(","):
         outcomes, rates, cut = [], [], 0
         for i in range(args.requests):
             choice = {"required": "required", "named": TOOLS[i % len(TOOLS)].name, "auto": "auto"}.get(label)
-            last = run(model, i, choice, args.max_new_tokens)
+            last = run(model, i, choice, args.max_new_tokens, described=label == "described")
             cut += last.finish_reason == "length"
             if last.tokens_per_second:
                 rates.append(last.tokens_per_second)
@@ -103,7 +109,7 @@ def main() -> None:
                        "decode_tok_s_median": round(statistics.median(rates), 1) if rates else None}
         print(label, rows[label], flush=True)
     about = machine()
-    free = rows["no tools"]["decode_tok_s_median"]
+    free = rows.get("described", rows.get("no tools", {})).get("decode_tok_s_median")
     lines = [
         f"# Tool calls: validity and decode speed ({args.model}, {args.requests} requests each)",
         "",
@@ -111,7 +117,7 @@ def main() -> None:
         f"`.venv/bin/python benchmarks/tools.py --model {args.model} --requests {args.requests} --tag {args.tag}`; "
         f"sampled (temperature 0.8, seeded), up to {args.max_new_tokens} new tokens.",
         "",
-        "| tool_choice | outcomes | cut by the budget | decode tok/s (median) | vs no tools |",
+        "| tool_choice | outcomes | cut by the budget | decode tok/s (median) | vs the same prompt, free |",
         "|---|---|---:|---:|---:|",
     ]
     for label, row in rows.items():
