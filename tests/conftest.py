@@ -62,18 +62,23 @@ def ovchat_home() -> Path:
         yield home
 
 
+def _tiny_phi3_folder(home: Path, name: str, **options) -> Path:
+    """A tiny random Phi-3 HF folder, built once; whole or absent (an interrupted run leaves nothing broken)."""
+    from ovchat.synthetic import tiny_phi3
+
+    path = home / "src" / name
+    if not path.is_dir():
+        partial = path.with_name(f".{name}-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        tiny_phi3(partial, **options)
+        partial.rename(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_phi3_dir(ovchat_home: Path) -> Path:
     """A tiny random Phi-3 (HF folder) that answers chat prompts with "Hello world!" then <|end|>."""
-    from ovchat.synthetic import tiny_phi3
-
-    path = ovchat_home / "src" / "tiny-phi3"
-    if not path.is_dir():
-        partial = path.with_name(f".tiny-phi3-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        tiny_phi3(partial)
-        partial.rename(path)  # whole or absent: an interrupted run cannot leave a broken fixture
-    return path
+    return _tiny_phi3_folder(ovchat_home, "tiny-phi3")
 
 
 @pytest.fixture(scope="session")
@@ -91,15 +96,9 @@ def tiny_phi3_ov(tiny_phi3_dir: Path) -> Path:
 def tiny_phi3_long_ov(ovchat_home: Path) -> Path:
     """The tiny Phi-3 with a 4096-token context (room for tool descriptions), exported in fp16."""
     import ovchat
-    from ovchat.synthetic import tiny_phi3
 
-    path = ovchat_home / "src" / "tiny-phi3-long"
-    if not path.is_dir():
-        partial = path.with_name(f".tiny-phi3-long-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        tiny_phi3(partial, context_length=4096)
-        partial.rename(path)
-    return ovchat.export(str(path), weight_format="fp16")
+    source = _tiny_phi3_folder(ovchat_home, "tiny-phi3-long", context_length=4096)
+    return ovchat.export(str(source), weight_format="fp16")
 
 
 @pytest.fixture(scope="session")
