@@ -14,6 +14,7 @@ from .config import DEFAULT_MAX_NEW_TOKENS, PROMPT_LOOKUP_NGRAM, PROMPT_LOOKUP_T
 from .errors import OvchatError
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
+MAX_TOP_LOGPROBS = 20  # as OpenAI's API
 # What a chat starts from when neither the model's generation_config.json nor its catalog entry
 # recommends sampling. Chosen on SmolLM2-135M's answers (benchmarks/loops.py, docs/quality.md):
 # greedy loops in a third of them; Ollama's 0.8 drifts off topic; this loops least and stays on it.
@@ -30,7 +31,8 @@ class SamplingParams:
     `grammar` (EBNF in XGrammar's dialect, see ovchat.grammar);
     `no_repeat_ngram_size` N forbids any N tokens in a row twice (0: off); `loop_guard` ends an
     answer that has started repeating itself (see LoopGuard; not with a JSON schema, whose grammar
-    shapes the answer and whose cut would not parse)."""
+    shapes the answer and whose cut would not parse); `logprobs` returns each token's log-probability,
+    `top_logprobs` the N most likely tokens beside it (up to MAX_TOP_LOGPROBS)."""
 
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
@@ -45,6 +47,8 @@ class SamplingParams:
     no_repeat_ngram_size: int = 0
     grammar: str | None = None
     loop_guard: bool = True
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         if self.stop is None:
@@ -77,6 +81,9 @@ class SamplingParams:
              "0 (off) or a positive integer"),
             ("loop_guard", isinstance(self.loop_guard, bool), "True or False"),
             ("grammar", self.grammar is None or isinstance(self.grammar, str), "an EBNF text or None"),
+            ("logprobs", isinstance(self.logprobs, bool), "True or False"),
+            ("top_logprobs", integer(self.top_logprobs) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS
+             and (self.logprobs or not self.top_logprobs), f"0 to {MAX_TOP_LOGPROBS}, with logprobs"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -131,6 +138,8 @@ def generation_config(
     config.stop_token_ids = set(stop_token_ids)
     config.repetition_penalty = params.repetition_penalty
     config.presence_penalty = params.presence_penalty
+    if params.logprobs:
+        config.logprobs = 1  # the chosen token's (GenAI returns no alternatives; see server/scorer.py)
     config.frequency_penalty = params.frequency_penalty
     if params.no_repeat_ngram_size:
         config.no_repeat_ngram_size = params.no_repeat_ngram_size

@@ -85,10 +85,12 @@ class FakeBatch:
             now = time.perf_counter()
             job.first_token, job.last_token = job.first_token or now, now
             job.generated += 1
+            scored = [scripted_logprob(token, job.sampling.top_logprobs)] if job.sampling.logprobs else None
             if step < len(ids):
-                job.queue.put_nowait(Update([token]))
+                job.queue.put_nowait(Update([token], None, scored))
             else:
-                return self._end(job, Update([token], self.finish if len(ids) == len(self.script) else "length"))
+                finish = self.finish if len(ids) == len(self.script) else "length"
+                return self._end(job, Update([token], finish, scored))
         self._end(job, Update([], self.finish))  # an empty script
 
     def _end(self, job: Job, update: Update) -> None:
@@ -97,6 +99,14 @@ class FakeBatch:
         job.queue.put_nowait(update)
         for observe in self.observers:
             observe(job, update.finish)
+
+
+def scripted_logprob(token: int, alternatives: int):
+    """What the engine process sends for a token: GenAI's log-prob, or (it, the best alternatives)."""
+    logprob = -(token % 7) / 4
+    if not alternatives:
+        return logprob
+    return logprob, [(token, logprob)] + [(token + k, logprob - k) for k in range(1, alternatives)]
 
 
 @pytest.fixture

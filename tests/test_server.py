@@ -210,13 +210,14 @@ BAD_CHAT = [
     ("unknown response_format", {"messages": M, "response_format": {"type": "xml"}}, "response_format.type"),
     ("json_schema without schema", {"messages": M, "response_format": {"type": "json_schema"}},
      "response_format.json_schema"),
-    ("logprobs", {"messages": M, "logprobs": True}, "logprobs"),
+    ("logprobs not a bool", {"messages": M, "logprobs": "yes"}, "logprobs"),
     ("seed a string", {"messages": M, "seed": "1"}, "seed"),
     ("top_k huge", {"messages": M, "top_k": 2**64}, "top_k"),
     ("repetition_penalty zero", {"messages": M, "repetition_penalty": 0}, "repetition_penalty"),
     ("functions", {"messages": M, "functions": [{"name": "f"}]}, "functions"),
     *BAD_TOOLS,
-    ("top_logprobs", {"messages": M, "top_logprobs": 3}, "top_logprobs"),
+    ("top_logprobs without logprobs", {"messages": M, "top_logprobs": 3}, "top_logprobs"),
+    ("top_logprobs over 20", {"messages": M, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ("deeply nested JSON", b"[" * 100000, None),
     ("a 5000-digit number", b'{"messages": [], "max_tokens": ' + b"9" * 5000 + b"}", None),
     ("schema with a dangling $ref", {"messages": M, "response_format": {"type": "json_schema", "json_schema": {
@@ -248,6 +249,8 @@ BAD_COMPLETION = [
     ("token id past the vocabulary", {"prompt": [10**9]}, "prompt"),
     ("several prompts", {"prompt": ["a", "b"]}, "prompt"),
     ("echo", {"prompt": "a", "echo": True}, "echo"),
+    ("logprobs over 20", {"prompt": "a", "logprobs": 21}, "logprobs"),
+    ("logprobs negative", {"prompt": "a", "logprobs": -1}, "logprobs"),
 ]
 
 
@@ -371,3 +374,27 @@ def test_readme_serve_example_runs(server):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+def test_logprobs_through_the_openai_client(server):
+    """The chosen tokens' log-probs (GenAI's) and the five best beside each (the second pass), whole and
+    streamed, through the official client's own types; the tokens' bytes add up to the answer."""
+    client = server.client()
+    ask = {"model": "smollm2-135m", "messages": QUESTION, "max_tokens": 40, "logprobs": True, **GREEDY_KWARGS}
+    whole = client.chat.completions.create(**ask, top_logprobs=5).choices[0]
+    content = whole.logprobs.content
+    assert b"".join(bytes(t.bytes) for t in content).decode() == whole.message.content  # no end-of-turn token
+    for token in content:
+        alternatives = [t.logprob for t in token.top_logprobs]
+        assert len(alternatives) == 5 and alternatives == sorted(alternatives, reverse=True)
+        assert token.logprob <= 0 and token.token in {t.token for t in token.top_logprobs}
+    streamed = [t for chunk in client.chat.completions.create(**ask, top_logprobs=5, stream=True)
+                if chunk.choices and chunk.choices[0].logprobs for t in chunk.choices[0].logprobs.content]
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+    chosen_only = client.chat.completions.create(**ask).choices[0]
+    assert [t.token for t in chosen_only.logprobs.content] == [t.token for t in content]
+    assert all(t.top_logprobs == [] for t in chosen_only.logprobs.content)
+    legacy = client.completions.create(model="smollm2-135m", prompt="The capital of France is", max_tokens=8,
+                                       logprobs=3, **GREEDY_KWARGS).choices[0]
+    assert "".join(legacy.logprobs.tokens) == legacy.text
+    assert all(len(alternatives) == 3 for alternatives in legacy.logprobs.top_logprobs)

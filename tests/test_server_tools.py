@@ -170,3 +170,49 @@ def test_a_tool_schema_the_compiler_rejects_is_a_400_naming_tools(server):
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert error["code"] == "invalid_json_schema" and error["param"] == "tools"
+
+
+def test_the_openai_agents_sdk_completes_a_two_tool_task(server):
+    """A real agent framework from PyPI (the `openai-agents` SDK, over Chat Completions): its tool
+    schemas, call parsing, tool execution and history replay against ovchat serve. The first run calls
+    both tools at once (`required`; the SDK stops at the tool outputs); the second replays the whole
+    conversation, calls and results included, with `tool_choice="none"` for the written answer."""
+    import asyncio
+
+    from agents import (Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, function_tool,
+                        set_tracing_disabled)
+    from openai import AsyncOpenAI
+
+    set_tracing_disabled(True)
+    calls: list[tuple[str, str]] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        calls.append(("get_weather", city))
+        return json.dumps({"city": city, "sky": "sunny", "celsius": 18})
+
+    @function_tool
+    def get_time(city: str) -> str:
+        """The local time in a city."""
+        calls.append(("get_time", city))
+        return json.dumps({"city": city, "time": "14:05"})
+
+    async def run() -> tuple:
+        client = AsyncOpenAI(base_url=server.base_url + "/v1", api_key="unused")
+        greedy = {"temperature": 0, "max_tokens": 200, "extra_body": {"repetition_penalty": 1.0}}
+        agent = Agent(name="helper", instructions="Call every tool the question needs, all at once.",
+                      model=OpenAIChatCompletionsModel(model="smollm2-135m", openai_client=client),
+                      tools=[get_weather, get_time], tool_use_behavior="stop_on_first_tool",
+                      model_settings=ModelSettings(tool_choice="required", **greedy))
+        first = await Runner.run(agent, "I need the weather in Paris and the time in Tokyo.", max_turns=2)
+        writer = agent.clone(model_settings=ModelSettings(tool_choice="none", **greedy))
+        final = await Runner.run(writer, first.to_input_list(), max_turns=1)
+        return first, final
+
+    first, final = asyncio.run(run())
+    assert {"get_weather", "get_time"} <= {name for name, _ in calls}  # both tools, in the one answer
+    assert ("get_weather", "Paris") in calls and ("get_time", "Tokyo") in calls
+    replayed = first.to_input_list()
+    assert sum(item.get("type") == "function_call_output" for item in replayed) == len(calls)
+    assert isinstance(final.final_output, str) and final.final_output.strip()

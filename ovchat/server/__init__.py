@@ -5,9 +5,12 @@ served.py          the one served model: name, context, tokenizer, stop ids
 guard.py           the guard middleware: Host, API key, body cap, request counts
 routes.py          the FastAPI app: routes, error handlers, CORS, the chat page
 serving.py         requests to token ids, admission, JSON and SSE answers
+answer.py          one answer's token batches to text pieces (stop strings, loop guard)
+logprobs.py        log-probabilities in OpenAI's shapes, token bytes
 protocol.py        the OpenAI request shapes, validated strictly; OpenAI-shaped errors
 batching.py        admission, the bounded queue, one token stream per request
 engine_process.py  the child process that steps the pipeline
+scorer.py          the second pass that gives top_logprobs their alternatives
 detok.py           token ids to text deltas
 metrics.py         Prometheus text
 page.py            the chat page at /

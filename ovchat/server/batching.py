@@ -33,6 +33,7 @@ class EngineUnavailable(Exception):
 class Update:
     tokens: list[int]
     finish: str | None = None  # "stop" | "length" | "cancelled" | "error:<message>"
+    logprobs: list | None = None  # one per token when asked (see engine_process.py)
 
 
 @dataclass(eq=False)
@@ -142,10 +143,10 @@ class BatchEngine:
         elif kind == "step":
             now = time.perf_counter()
             self.last_progress = time.monotonic()
-            for rid, tokens, finish in message[1]:
+            for rid, tokens, finish, logprobs in message[1]:
                 job = self.running.get(rid)
                 if job is not None:
-                    self._deliver(job, Update(tokens, finish), now)
+                    self._deliver(job, Update(tokens, finish, logprobs), now)
         elif kind == "fatal":
             if self.state != "closed":
                 self.state, self.problem = "broken", message[1]

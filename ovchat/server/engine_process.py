@@ -8,9 +8,11 @@ down with it.
 Protocol over two one-way pipes (tuples, pickled by multiprocessing):
   server → engine  ("add", rid, token_ids, SamplingParams)  ("cancel", rid)  ("close",)
   engine → server  ("ready", info)  ("fatal", message)
-                   ("step", [(rid, new_token_ids, finish), ...])
+                   ("step", [(rid, new_token_ids, finish, logprobs), ...])
 finish: None while running, then "stop" | "length" | "cancelled" | "error:<message>"
         | "error:schema:<message>" (the request's JSON schema broke the grammar compiler).
+logprobs: None unless the request asked; then one per new token: GenAI's log-probability of it, or
+          with alternatives asked for, (log-prob, [(token id, log-prob), ...]) from scorer.py.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from ..sampling import SamplingParams, generation_config
+from .scorer import ScoreModel, Scorer
 
 
 def _pipeline(path: str, device: str, properties: dict, scheduler: dict):
@@ -54,7 +57,8 @@ def main(
         return
     outbox.send(("ready", {}))
     try:
-        _loop(inbox, outbox, _Engine(pipe, lambda: _pipeline(path, device, properties, scheduler), stop_ids))
+        rebuild = lambda: _pipeline(path, device, properties, scheduler)  # noqa: E731
+        _loop(inbox, outbox, _Engine(pipe, rebuild, stop_ids, ScoreModel(path, device, properties)))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass
 
@@ -88,6 +92,7 @@ class _Request:
     sampling: SamplingParams
     generated: list[int] = field(default_factory=list)
     cancelled: bool = False
+    scorer: Scorer | None = None  # top_logprobs: the second pass
 
 
 class _Engine:
@@ -95,17 +100,24 @@ class _Engine:
     known cause) leaves the pipeline unusable: the requests added with a schema since the last good
     step fail, the pipeline is rebuilt, and the others resume where they were."""
 
-    def __init__(self, pipe, rebuild, stop_ids: list[int]):
+    def __init__(self, pipe, rebuild, stop_ids: list[int], score_model: ScoreModel | None = None):
         import openvino_genai as ov_genai
 
-        self.pipe, self.rebuild, self.stop_ids = pipe, rebuild, stop_ids
+        self.pipe, self.rebuild, self.stop_ids, self.score_model = pipe, rebuild, stop_ids, score_model
         self.requests: dict[int, _Request] = {}
         self.fresh: set[int] = set()  # added since the last good step
         self.running = ov_genai.GenerationStatus.RUNNING
         self.finished = ov_genai.GenerationStatus.FINISHED
         self.reasons = {ov_genai.GenerationFinishReason.STOP: "stop", ov_genai.GenerationFinishReason.LENGTH: "length"}
 
-    def add(self, rid: int, ids: list[int], sampling: SamplingParams, generated: list[int] | None = None) -> str | None:
+    def add(
+        self,
+        rid: int,
+        ids: list[int],
+        sampling: SamplingParams,
+        generated: list[int] | None = None,
+        scorer: Scorer | None = None,
+    ) -> str | None:
         """Put a request in the pipeline (resuming after `generated`); an error finish if it cannot be."""
         import numpy as np
         import openvino as ov
@@ -114,6 +126,12 @@ class _Engine:
         left = sampling.max_new_tokens - len(generated)
         if left <= 0:
             return "length"
+        if sampling.top_logprobs and scorer is None:
+            try:
+                scorer = self.score_model.start(ids, sampling.top_logprobs)
+            except Exception as exc:  # noqa: BLE001
+                _log(f"request {rid}: no second pass for top_logprobs: {_line(exc)}")
+                return f"error:top_logprobs are not available for this model ({_line(exc)})"
         try:
             tensor = ov.Tensor(np.asarray([ids + generated], dtype=np.int64))
             config = generation_config(sampling, self.stop_ids, max_new_tokens=left)
@@ -121,7 +139,7 @@ class _Engine:
         except Exception as exc:  # noqa: BLE001 (a request the pipeline refuses fails alone)
             _log(f"request {rid} refused: {_line(exc)}")
             return "error:the engine refused this request"
-        self.requests[rid] = _Request(handle, ids, sampling, generated)
+        self.requests[rid] = _Request(handle, ids, sampling, generated, scorer=scorer)
         self.fresh.add(rid)
         return None
 
@@ -139,10 +157,11 @@ class _Engine:
         self.fresh.clear()
         updates = []
         for rid, request in list(self.requests.items()):
-            handle, new, finish = request.handle, [], None
+            handle, new, finish, logprobs = request.handle, [], None, []
             if handle.can_read():
                 for output in handle.read().values():  # one sequence per request (n=1)
                     new += list(output.generated_ids)
+                    logprobs += list(output.generated_log_probs)
                     finish = self.reasons.get(output.finish_reason, finish)
             status = handle.get_status()
             if status != self.running:
@@ -152,8 +171,10 @@ class _Engine:
                     finish = "error:the prompt does not fit the KV cache; raise --kv-cache-gb"
                 finish = finish or "stop"
             request.generated += new
+            if request.scorer is not None:
+                logprobs = request.scorer.push(new)
             if new or finish:
-                updates.append((rid, new, finish))
+                updates.append((rid, new, finish, logprobs if request.sampling.logprobs else None))
             if finish:
                 del self.requests[rid]
         return updates
@@ -165,19 +186,19 @@ class _Engine:
         updates = []
         for rid in suspects or set(self.requests):
             finish = f"error:schema:{problem}" if suspects else "error:the engine failed"
-            updates.append((rid, [], finish))
+            updates.append((rid, [], finish, None))
             del self.requests[rid]
         survivors, self.requests, self.fresh = self.requests, {}, set()
         del self.pipe
         self.pipe = self.rebuild()
         for rid, request in survivors.items():
             if request.cancelled:
-                updates.append((rid, [], "cancelled"))
+                updates.append((rid, [], "cancelled", None))
             elif request.sampling.constrained and request.generated:
                 # Resumed, its grammar would start again mid-answer: the JSON would not parse.
-                updates.append((rid, [], "error:the engine restarted in the middle of this answer; retry it"))
-            elif finish := self.add(rid, request.ids, request.sampling, request.generated):
-                updates.append((rid, [], finish))
+                updates.append((rid, [], "error:the engine restarted in the middle of this answer; retry it", None))
+            elif finish := self.add(rid, request.ids, request.sampling, request.generated, request.scorer):
+                updates.append((rid, [], finish, None))
         return updates
 
 
@@ -195,7 +216,7 @@ def _loop(inbox: Connection, outbox: Connection, engine: _Engine) -> None:
             if message[0] == "cancel":
                 engine.cancel(message[1])
             elif finish := engine.add(*message[1:]):
-                outbox.send(("step", [(message[1], [], finish)]))
+                outbox.send(("step", [(message[1], [], finish, None)]))
         if engine.requests:
             updates = engine.step()
             if updates:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .. import tools as toolkit
-from ..sampling import SamplingParams
+from ..sampling import MAX_TOP_LOGPROBS, SamplingParams
 from .api_error import ApiError
 from .schemas import check_json_schema
 
@@ -111,6 +111,7 @@ Temperature = Annotated[float, Field(ge=0, le=2)]
 TopP = Annotated[float, Field(gt=0, le=1)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 MaxTokens = Annotated[int, Field(ge=1)]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
 
 
 class _Sampling(_Strict):
@@ -129,7 +130,6 @@ class _Sampling(_Strict):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     n: Annotated[int, Field(ge=1)] = 1
-    logprobs: Any = None
     logit_bias: dict | None = None
     user: str | None = None
 
@@ -139,8 +139,6 @@ class _Sampling(_Strict):
             raise _Refused("n", "only n=1 is supported: send several requests for several answers")
         if self.stream_options is not None and not self.stream:
             raise _Refused("stream_options", "stream_options is only allowed with stream: true")
-        if self.logprobs not in (None, False, 0):
-            raise _Refused("logprobs", "logprobs are not supported by this server")
         if self.logit_bias:
             raise _Refused("logit_bias", "logit_bias is not supported by this server")
         if isinstance(self.stop, list) and any(not s for s in self.stop) or self.stop == "":
@@ -180,7 +178,16 @@ class _Sampling(_Strict):
             stop=tuple(self.stops()),
             json_schema=json_schema,
             grammar=grammar,
+            logprobs=self.wants_logprobs(),
+            top_logprobs=self.alternatives(),
         )
+
+    def wants_logprobs(self) -> bool:
+        return False
+
+    def alternatives(self) -> int:
+        """How many of the most likely tokens to show beside each generated one."""
+        return 0
 
 
 class ChatRequest(_Sampling):
@@ -192,7 +199,8 @@ class ChatRequest(_Sampling):
     parallel_tool_calls: bool = True
     functions: list | None = None
     function_call: Any = None
-    top_logprobs: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: TopLogprobs | None = None
 
     @model_validator(mode="after")
     def _chat_checks(self):
@@ -212,14 +220,20 @@ class ChatRequest(_Sampling):
                 f"tool_choice names {choice.function.name!r}, which is not among the tools"
                 + (f" ({', '.join(names)})" if names else " (none were given)"),
             )
-        if self.top_logprobs:
-            raise _Refused("top_logprobs", "logprobs are not supported by this server")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise _Refused("top_logprobs", "top_logprobs needs logprobs: true")
         if self.response_format and self.response_format.type == "json_schema" and not self.response_format.json_schema:
             raise _Refused("response_format.json_schema", "response_format json_schema needs a json_schema object")
         return self
 
     def budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def wants_logprobs(self) -> bool:
+        return bool(self.logprobs)
+
+    def alternatives(self) -> int:
+        return self.top_logprobs or 0
 
     def messages_plain(self) -> list[dict]:
         """The messages as plain dicts, a tool result's call checked against the conversation."""
@@ -269,6 +283,7 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+    logprobs: TopLogprobs | None = None  # the legacy API's: how many alternatives (0: the chosen token's only)
 
     @model_validator(mode="after")
     def _completion_checks(self):
@@ -290,6 +305,12 @@ class CompletionRequest(_Sampling):
 
     def budget(self) -> int | None:
         return self.max_tokens
+
+    def wants_logprobs(self) -> bool:
+        return self.logprobs is not None
+
+    def alternatives(self) -> int:
+        return self.logprobs or 0
 
 
 class _Refused(ValueError):

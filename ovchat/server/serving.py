@@ -8,12 +8,12 @@ Request → strict validation (protocol.py, routes.py) → chat template and tok
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -21,10 +21,11 @@ from fastapi.responses import StreamingResponse
 from .. import runtime
 from ..config import SERVE_STALL_SECONDS, format_ms
 from ..errors import OvchatError
-from ..sampling import RECOMMENDED_FIELDS, LoopGuard, StopMatcher
+from ..sampling import RECOMMENDED_FIELDS
 from ..tools import StreamReader, ToolPlan
+from .answer import Answer, GenerationFailed
 from .batching import BatchEngine, EngineUnavailable, Job, Overloaded
-from .detok import IncrementalDecoder
+from .logprobs import TokenText, chat_entries, completion_logprobs
 from .metrics import Metrics
 from .protocol import ApiError, ChatRequest, CompletionRequest
 from .served import Served
@@ -32,75 +33,6 @@ from .settings import Settings
 
 log = logging.getLogger("ovchat.server")
 NO_TOOLS = ToolPlan(())
-
-
-@dataclass
-class Piece:
-    text: str
-    finish: str | None = None  # set on the last piece
-
-
-class Answer:
-    """Turns one job's token batches into text pieces: stop strings cut here, exactly, and the loop
-    guard ends an answer that repeats itself."""
-
-    def __init__(self, batch: BatchEngine, job: Job, tokenizer, on_loop: Callable[[], None] = lambda: None):
-        self.batch, self.job, self.on_loop = batch, job, on_loop
-        self.decoder, self.matcher = IncrementalDecoder(tokenizer), StopMatcher(job.sampling.stop)
-        self.guard = LoopGuard() if job.sampling.guards_loops else None
-        self.done = False
-        self.looped = False  # the loop guard ended the answer
-        self.tokens = 0  # tokens behind the text so far (after a stop string, no more are counted)
-
-    async def next(self, timeout: float | None = None) -> Piece | None:
-        """The next piece, or None when `timeout` passes first. Raises GenerationFailed."""
-        try:
-            update = await asyncio.wait_for(self.job.queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
-        text = self.matcher.push(self.decoder.push(update.tokens)) if update.tokens else ""
-        self.tokens += len(update.tokens)
-        finish = update.finish
-        if finish and finish.startswith("error:"):
-            self.done = True
-            raise GenerationFailed(finish.removeprefix("error:"))
-        looped = not self.matcher.stopped and self.guard is not None and self.guard.push(update.tokens)
-        if self.matcher.stopped or looped:  # a stop string or a loop: we end the answer here and stop the engine
-            if not finish:
-                self.batch.cancel(self.job, why="stop string" if self.matcher.stopped else "loop")
-            if looped:  # the text held back so far is part of the answer (a stop string's is not)
-                text += self.matcher.push(self.decoder.flush()) + self.matcher.flush()
-                self.looped = True
-                self.on_loop()
-            self.done = True
-            return Piece(text, "stop")
-        if finish:
-            self.done = True
-            text += self.matcher.push(self.decoder.flush())
-            text += self.matcher.flush()
-            return Piece(text, "length" if finish == "length" else "stop")
-        return Piece(text)
-
-    def close(self) -> None:
-        """The client is gone (or we are): stop generating for it."""
-        if not self.done:
-            self.done = True
-            self.batch.cancel(self.job, why="client")
-
-
-class GenerationFailed(Exception):
-    """The engine could not finish this answer. Its message is safe to show (no paths, no internals)."""
-
-    def error(self, schema_param: str = "response_format") -> ApiError:
-        message = str(self)
-        if message.startswith("schema:"):  # this request's own JSON schema: the client's to fix
-            return ApiError(
-                400,
-                f"the grammar compiler rejected this JSON schema ({message[7:]})",
-                schema_param,
-                "invalid_json_schema",
-            )
-        return ApiError(500, f"generation failed: {message}", kind="server_error", code="generation_failed")
 
 
 class Serving:
@@ -129,6 +61,17 @@ class Serving:
 
     def _count_loop(self) -> None:
         self.metrics.count("ovchat_loops_stopped_total")
+
+    @functools.cached_property
+    def token_text(self) -> TokenText:
+        return TokenText(self.served.path, self.served.tokenizer)
+
+    def _logprobs(self, chat: bool, scored: list, offset: int = 0) -> tuple[dict, int]:
+        """The `logprobs` of a choice (or of a chunk's) for [(token id, value), ...], and the legacy
+        completions' text offset after them."""
+        if chat:
+            return {"content": chat_entries(scored, self.token_text), "refusal": None}, offset
+        return completion_logprobs(scored, self.token_text, offset)
 
     # -- what the model is and how it is doing -----------------------------------------------------
     def health(self) -> tuple[dict, int]:
@@ -225,9 +168,12 @@ class Serving:
         # Documented choice: an answer that would not fit (or passes the server's limit) is clamped and
         # ends with finish_reason "length".
         budget = min(asked or settings.max_tokens_limit, settings.max_tokens_limit, context - len(ids))
-        job = self._submit(ids, req.sampling(budget, schema, self.served.sampling, grammar))
+        sampling = req.sampling(budget, schema, self.served.sampling, grammar)
+        if sampling.logprobs:
+            await asyncio.to_thread(lambda: self.token_text)  # read the vocabulary once, off the event loop
+        job = self._submit(ids, sampling)
         self.metrics.count("ovchat_prompt_tokens_total", len(ids))
-        answer = Answer(self.batch, job, self.served.tokenizer, self._count_loop)
+        answer = Answer(self.batch, job, self.served.tokenizer, self._count_loop, self.served.stop_ids)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if req.stream:
@@ -237,18 +183,19 @@ class Serving:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        text, finish = await _collect(request, answer, _schema_param(plan))
+        text, finish, scored = await _collect(request, answer, _schema_param(plan))
         _log_done(rid, len(ids), job, finish)
         head = self._header(rid, "chat.completion" if chat else "text_completion", created)
+        logprobs = self._logprobs(chat, scored)[0] if sampling.logprobs else None
         if chat:
             content, calls = plan.read(text)
             message = {"role": "assistant", "content": content}
             if calls:
                 message["tool_calls"] = [call.as_openai() for call in calls]
                 finish = "tool_calls"
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
         return {**head, "choices": [_mark(choice, answer)], "usage": _usage(len(ids), answer.tokens)}
 
     def _submit(self, ids: list[int], sampling) -> Job:
@@ -293,14 +240,22 @@ class Serving:
     ) -> AsyncIterator[str]:
         head = self._header(rid, "chat.completion.chunk" if chat else "text_completion", created)
         reader = StreamReader(plan)
+        wants_logprobs = answer.job.sampling.logprobs
+        scored: list = []  # log-probs of tokens whose text is not sent yet
+        offset = 0  # the legacy completions' text_offset
 
         def event(text: str | None, finish: str | None, role: bool = False, delta: dict | None = None) -> str:
+            nonlocal offset
+            logprobs = None
+            if wants_logprobs and scored and not role:
+                logprobs, offset = self._logprobs(chat, scored, offset)
+                scored.clear()
             if chat:
                 if delta is None:
                     delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             else:
-                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+                choice = {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
             chunk = {**head, "choices": [_mark(choice, answer) if finish else choice]}
             if usage:
                 chunk["usage"] = None
@@ -315,6 +270,7 @@ class Serving:
                 if piece is None:
                     yield ": keep-alive\n\n"  # long prefill or a queue wait: keep proxies from timing out
                     continue
+                scored += piece.logprobs
                 shown = reader.push(piece.text) if chat else piece.text
                 if shown:
                     yield event(shown, None)
@@ -342,7 +298,7 @@ class Serving:
         yield "data: [DONE]\n\n"
 
 
-async def _collect(request: Request, answer: Answer, schema_param: str) -> tuple[str, str]:
+async def _collect(request: Request, answer: Answer, schema_param: str) -> tuple[str, str, list]:
     """The whole answer, for a client that did not ask for a stream (its leaving still stops the job)."""
 
     async def client_gone():
@@ -351,13 +307,14 @@ async def _collect(request: Request, answer: Answer, schema_param: str) -> tuple
         answer.close()
 
     watcher = asyncio.create_task(client_gone())
-    parts = []
+    parts, scored = [], []
     try:
         while True:
             piece = await answer.next()
             parts.append(piece.text)
+            scored += piece.logprobs
             if piece.finish:
-                return "".join(parts), piece.finish
+                return "".join(parts), piece.finish, scored
     except GenerationFailed as exc:
         log.warning("generation failed: %s", exc)
         raise exc.error(schema_param) from None
