@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 INT_DIGITS = 15  # digits of an unbounded integer: a bound on free-running generation, not on meaning
@@ -45,11 +46,20 @@ class Unsupported(ValueError):
 
 
 def schema_to_ebnf(schema: Any) -> str:
+    return framed_ebnf([("", schema, "")], "", 1)
+
+
+def framed_ebnf(frames: Sequence[tuple[str, Any, str]], separator: str, most: int) -> str:
+    """One to `most` values joined by `separator`, each `before` + a value of its schema + `after` for
+    one of `frames` (a template's tool calls: "<tool_call>\n{"name": "f", "arguments": " ... "}\n</tool_call>")."""
     builder = _Builder()
     try:
-        root = builder.value(schema)
+        options = [" ".join(p for p in (literal(a), builder.value(schema), literal(b)) if p != '""')
+                   for a, schema, b in frames]
     except (TypeError, AttributeError, KeyError) as exc:  # a keyword's value of an unexpected type
         raise Unsupported(str(exc)) from None
+    one = options[0] if len(options) == 1 else builder.rule("(" + " | ".join(options) + ")", "frame")
+    root = one if most <= 1 else f"{one} ({literal(separator)} {one}){{0,{most - 1}}}"
     return "\n".join([f"root ::= {root}", *(f"{name} ::= {body}" for name, body in builder.rules.items())])
 
 

@@ -20,6 +20,7 @@ from .errors import OvchatError, describe
 from .precision import Precision
 from .runtime import Message
 from .sampling import LoopGuard, SamplingParams, StopMatcher, generation_config
+from .tool_formats import chat_template, detect
 from .tools import StreamReader, Tool, ToolCall
 
 
@@ -146,6 +147,7 @@ class Model:
         self.tokenizer = pipeline.get_tokenizer()
         configured = pipeline.get_generation_config().stop_token_ids
         self.stop_token_ids = runtime.stop_token_ids(self.tokenizer, configured)
+        self.tool_format = detect(chat_template(path, self.tokenizer))  # None: ovchat's generic tool format
         self._lock = threading.Lock()
         self._kv_ids: list[int] = []  # the tokens of the last call (prompt + answer), whose KV the pipeline keeps
 
@@ -162,7 +164,7 @@ class Model:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return runtime.encode(self.tokenizer, text, add_special_tokens)
 
-    def _prepare(self, prompt: str | Sequence[Message], system: str | None, raw: bool):
+    def _prepare(self, prompt: str | Sequence[Message], system: str | None, raw: bool, tools: list | None = None):
         """What to hand the pipeline, and the token ids it will see."""
         if raw:
             if not isinstance(prompt, str):
@@ -176,11 +178,16 @@ class Model:
                 raise OvchatError(f"message {i} must be a dict with string 'role' and 'content', not {m!r}")
         import openvino_genai as ov_genai
 
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if tools is None:  # a template with its own tool format also takes calls, results and the tools
+            messages = [{"role": m["role"], "content": m["content"]} for m in messages]
         # A ChatHistory makes the pipeline keep its KV cache between calls and process only the part
         # of the templated conversation that differs from what it already holds. The template adds
         # any special tokens itself, as in Hugging Face's apply_chat_template.
-        return ov_genai.ChatHistory(messages), self.encode(self.render(messages), add_special_tokens=False)
+        history = ov_genai.ChatHistory(messages)
+        if tools is not None:
+            history.set_tools(tools)
+        prompt = runtime.render(self.tokenizer, self.name, messages, tools=tools)
+        return history, self.encode(prompt, add_special_tokens=False)
 
     def stream_generate(
         self,
@@ -210,7 +217,7 @@ class Model:
             raise TypeError("pass sampling= or sampling keywords, not both")
         sampling = sampling or SamplingParams.of(**params)
         started = time.perf_counter()  # the wait a user sees includes templating and tokenizing
-        plan = tools_module.plan_for(tools, tool_choice, parallel_tool_calls, sampling.json_schema)
+        plan = tools_module.plan_for(tools, tool_choice, parallel_tool_calls, sampling.json_schema, self.tool_format)
         if not raw:
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
             if system is not None:  # first, so the tools' instructions join it
@@ -221,9 +228,8 @@ class Model:
         elif plan.active:
             raise OvchatError("tools need chat messages, not raw text")
         if plan.active:
-            schema, grammar = plan.constraint()
-            sampling = dataclasses.replace(sampling, json_schema=schema, grammar=grammar)
-        inputs, ids = self._prepare(prompt, system, raw)
+            sampling = dataclasses.replace(sampling, **plan.constraint())
+        inputs, ids = self._prepare(prompt, system, raw, plan.template_tools())
         room = self.context_length - len(ids)
         if room <= 0:
             raise OvchatError(

@@ -20,6 +20,8 @@ from . import runtime
 from .config import DEFAULT_DEVICE, LATENCY_CONFIG, OVMS_CACHE_SIZE_GB, OVMS_MAX_NUM_SEQS, OVMS_PRECISION
 from .errors import OvchatError, print_nothing
 from .precision import choose as choose_precision
+from .tool_formats import chat_template
+from .tool_formats import template_parsers as parsers
 
 # The fields of mediapipe.LLMCalculatorOptions ovchat sets, as OVMS's own export script writes them.
 GRAPH_TEMPLATE = """# OVMS_GRAPH_QUEUE_MAX_SIZE: AUTO
@@ -62,30 +64,6 @@ node: {{
   }}
 }}
 """
-# The template marks OVMS's chat-template analyzer looks for, in its order (first match wins):
-# (all of these substrings, tool parser, reasoning parser).
-PARSER_MARKS = (
-    (("<|channel|>",), "gptoss", "gptoss"),
-    (("<|tool_call>call:",), "gemma4", "gemma4"),
-    (("<parameter=", "</parameter>", "<function="), "qwen3coder", None),
-    (("functools",), "phi4", None),
-    (("[TOOL_CALLS]", "[ARGS]"), "devstral", None),
-    (("[TOOL_CALLS]",), "mistral", None),
-    (("<|python_tag|>",), "llama3", None),
-    (("<tool_call>", "</tool_call>"), "hermes3", None),
-)
-THINKING_MARKS = ("<think>", "</think>")
-
-
-def parsers(template: str) -> tuple[str | None, str | None]:
-    """OVMS's tool and reasoning parsers for a chat template (None: the template has no such format)."""
-    thinks = "qwen3" if any(mark in template for mark in THINKING_MARKS) else None
-    for marks, tool, reasoning in PARSER_MARKS:
-        if all(mark in template for mark in marks):
-            return tool, reasoning or (thinks if tool in ("qwen3coder", "hermes3") else None)
-    return None, thinks
-
-
 def _parser_options(template: str) -> str:
     tool, reasoning = parsers(template)
     lines = []
@@ -99,17 +77,6 @@ def _parser_options(template: str) -> str:
 # What OVMS's LLM calculator reads from the model folder.
 REQUIRED_FILES = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
 SKIPPED_FILES = ("ovchat_manifest.json",)  # ovchat's own; the copy is no longer an ovchat export
-
-
-def _chat_template(path: Path) -> str:
-    """The template OVMS will use: chat_template.jinja beside the model first (as OVMS reads it), else
-    the tokenizer's."""
-    jinja = path / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text()
-    import openvino_genai as ov_genai
-
-    return ov_genai.Tokenizer(str(path)).chat_template or ""
 
 
 def _place(source: Path, target: Path) -> None:
@@ -170,7 +137,7 @@ def write_repository(
             cache_size=kv_cache_gb,
             max_num_seqs=max_num_seqs,
             device=device,
-            parsers=_parser_options(_chat_template(path)),
+            parsers=_parser_options(chat_template(path)),
         )
     )
     if folder.exists():

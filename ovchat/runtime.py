@@ -134,10 +134,13 @@ def stop_token_ids(tokenizer, configured: Sequence[int] = ()) -> set[int]:
     return {t for t in stops if t >= 0}
 
 
-def render(tokenizer, name: str, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-    """The prompt text the model sees: the messages in the model's own chat template."""
+def render(
+    tokenizer, name: str, messages: Sequence[Message], add_generation_prompt: bool = True, tools: list | None = None
+) -> str:
+    """The prompt text the model sees: the messages (and tools, for a template that writes them) in the
+    model's own chat template."""
     try:
-        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tools=tools)
     except RuntimeError as exc:  # no template, or the template itself refuses (e.g. no system role)
         raise OvchatError(f"{name} cannot format these messages ({describe(exc)}); use raw mode") from None
 

@@ -6,6 +6,7 @@ SamplingParams themselves.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
@@ -49,6 +50,7 @@ class SamplingParams:
     loop_guard: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
+    tool_tags: str | None = None  # structural tags as JSON (see ovchat.tool_formats): free text, constrained calls
 
     def __post_init__(self) -> None:
         if self.stop is None:
@@ -82,6 +84,7 @@ class SamplingParams:
             ("loop_guard", isinstance(self.loop_guard, bool), "True or False"),
             ("grammar", self.grammar is None or isinstance(self.grammar, str), "an EBNF text or None"),
             ("logprobs", isinstance(self.logprobs, bool), "True or False"),
+            ("tool_tags", self.tool_tags is None or isinstance(self.tool_tags, str), "a JSON text or None"),
             ("top_logprobs", integer(self.top_logprobs) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS
              and (self.logprobs or not self.top_logprobs), f"0 to {MAX_TOP_LOGPROBS}, with logprobs"),
         ]
@@ -96,8 +99,8 @@ class SamplingParams:
 
     @property
     def constrained(self) -> bool:
-        """A JSON schema or a grammar shapes the answer."""
-        return self.json_schema is not None or self.grammar is not None
+        """A JSON schema, a grammar or structural tags shape the answer."""
+        return self.json_schema is not None or self.grammar is not None or self.tool_tags is not None
 
     def summary(self) -> str:
         """How tokens are picked, as a person reads it: "greedy" or "temperature 0.5, top-p 0.9, ..."."""
@@ -154,11 +157,27 @@ def generation_config(
             config.top_k = params.top_k
         # Unseeded sampling differs from answer to answer (GenAI's own default seed is a constant).
         config.rng_seed = params.seed if params.seed is not None else secrets.randbits(63)
-    if params.grammar is not None:
+    if params.tool_tags is not None:
+        config.structured_output_config = ov_genai.StructuredOutputConfig(compound_grammar=_tags(params.tool_tags))
+    elif params.grammar is not None:
         config.structured_output_config = ov_genai.StructuredOutputConfig(grammar=params.grammar)
     elif params.json_schema is not None:
         config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=params.json_schema)
     return config
+
+
+def _tags(spec: str):
+    """GenAI's triggered structural tags from their JSON description (picklable, unlike the objects)."""
+    import openvino_genai as ov_genai
+
+    structured = ov_genai.StructuredOutputConfig
+    spec = json.loads(spec)
+    tags = [
+        structured.Tag(tag["begin"], structured.EBNF(tag["grammar"]) if "grammar" in tag
+                       else structured.JSONSchema(tag["json_schema"]), tag["end"])
+        for tag in spec["tags"]
+    ]
+    return structured.TriggeredTags(spec["triggers"], tags, spec["at_least_one"], spec["stop_after_first"])
 
 
 class StopMatcher:

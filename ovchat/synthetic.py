@@ -24,7 +24,7 @@ TINY_ANSWER = ["Hello", " world", "!"]
 _CORPUS = "Hello world! The quick brown fox jumps over the lazy dog.\nHello, world! Is it 12 or 19?\n" * 20
 
 
-def _phi3_tokenizer(vocab_size: int):
+def _phi3_tokenizer(vocab_size: int, chat_template: str = PHI3_CHAT_TEMPLATE):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -44,7 +44,7 @@ def _phi3_tokenizer(vocab_size: int):
         bos_token="<s>",
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
-        chat_template=PHI3_CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
 
 
@@ -55,7 +55,9 @@ def _single_id(tokenizer, text: str) -> int:
     return ids[0]
 
 
-def tiny_phi3(out_dir: Path, *, context_length: int = 256, seed: int = 0) -> Path:
+def tiny_phi3(
+    out_dir: Path, *, context_length: int = 256, seed: int = 0, chat_template: str = PHI3_CHAT_TEMPLATE
+) -> Path:
     """Write a tiny random `Phi3ForCausalLM` with Phi-3's special tokens and chat template.
 
     The weights are random except for a wiring that makes greedy decoding deterministic and
@@ -68,7 +70,7 @@ def tiny_phi3(out_dir: Path, *, context_length: int = 256, seed: int = 0) -> Pat
 
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
-    tokenizer = _phi3_tokenizer(vocab_size=320)
+    tokenizer = _phi3_tokenizer(vocab_size=320, chat_template=chat_template)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in PHI3_SPECIAL_TOKENS}
     config = Phi3Config(
         vocab_size=len(tokenizer),

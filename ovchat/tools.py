@@ -26,6 +26,8 @@ from typing import Any
 
 from .errors import OvchatError
 from .grammar import Unsupported, schema_to_ebnf
+from .tool_formats import CallFormat, openai_tools, template_messages
+from .tool_stream import StreamReader
 
 MAX_REF_DEPTH = 16  # $ref expansions nested deeper than this are taken for recursion
 # Calls in one answer: a small model, once calling, may go on adding calls until its budget ends.
@@ -77,6 +79,7 @@ class ToolPlan:
     choice: str = "auto"  # "none", "auto", "required", or a tool's name
     parallel: bool = True
     reply_schema: dict | None = None  # the reply's own schema (response_format), else a string
+    format: CallFormat | None = None  # the chat template's own call format (None: the generic one)
 
     @property
     def active(self) -> bool:
@@ -107,23 +110,37 @@ class ToolPlan:
         call_form = _object({"tool_calls": array})
         return call_form if self.calls_only else {"anyOf": [call_form, reply]}
 
-    def constraint(self) -> tuple[str | None, str | None]:
-        """What generation runs under, as (JSON schema, grammar): the answer's schema as a compact grammar
-        (no free whitespace for a small model to loop in), or the schema itself where the grammar
-        cannot express it."""
+    def constraint(self) -> dict:
+        """What generation runs under, as SamplingParams fields. Generic format: the answer's schema as
+        a compact grammar (no free whitespace for a small model to loop in), or the schema itself where
+        the grammar cannot express it. A template's format: a grammar of calls only, or free text with
+        structural tags that constrain a call once it opens."""
+        fields = {"json_schema": None, "grammar": None, "tool_tags": None}
+        if self.format is not None and self.active:
+            offered, most = self.offered(), MAX_PARALLEL_CALLS if self.parallel else 1
+            if not offered:  # "none": a plain reply (in its own schema, if response_format gave one)
+                return {**fields, "json_schema": None if self.reply_schema is None else json.dumps(self.reply_schema)}
+            if self.calls_only:
+                grammar, tags = self.format.grammar(offered, most)
+                return {**fields, "grammar": grammar, "tool_tags": tags}
+            return {**fields, "tool_tags": self.format.tags(offered, most)}
         schema = self.schema()
         if schema is None:
-            return None, None
+            return fields
         try:
-            return None, schema_to_ebnf(schema)
+            return {**fields, "grammar": schema_to_ebnf(schema)}
         except Unsupported:
-            return json.dumps(schema), None
+            return {**fields, "json_schema": json.dumps(schema)}
+
+    def template_tools(self) -> list[dict] | None:
+        """The tools as a chat template with its own format takes them (its `tools` variable)."""
+        return openai_tools(self.tools) if self.format is not None and self.active else None
 
     def instructions(self) -> str | None:
         """The system text that tells the model its tools and the answer's form. The same whatever
         `choice` is (the grammar enforces the choice), so a tool loop's prompt only grows and the
         earlier turns' cache is reused."""
-        if not self.active:
+        if not self.active or self.format is not None:  # the template describes the tools itself
             return None
         lines = [
             "You can call tools. Each tool is listed as JSON: its name, what it does and the JSON schema "
@@ -143,7 +160,10 @@ class ToolPlan:
 
     def prepare(self, messages: Sequence[dict]) -> list[dict]:
         """The conversation as plain messages: calls and results written in the generic format, and
-        the instructions joined to the system message (or put first)."""
+        the instructions joined to the system message (or put first). A template with its own format
+        takes OpenAI's fields as they are."""
+        if self.format is not None and self.active:
+            return template_messages(messages)
         plain = history(messages)
         text = self.instructions()
         if text is None:
@@ -157,6 +177,11 @@ class ToolPlan:
         its length limit, or `none`) is content as it stands."""
         if not self.active:
             return text, []
+        if self.format is not None:
+            if self.choice == "none":
+                return text, []
+            content, found = self.format.read(text)
+            return content, [ToolCall(new_call_id(), name, arguments) for name, arguments in found]
         try:
             answer = json.loads(text)
         except json.JSONDecodeError:  # cut short: a reply's decoded part (as streamed), else the text as it is
@@ -189,6 +214,7 @@ def plan_for(
     choice: str = "auto",
     parallel: bool = True,
     reply_schema: str | None = None,
+    format: CallFormat | None = None,
 ) -> ToolPlan:
     """The library's way in: tools as `Tool`s, OpenAI's {"type": "function", "function": {...}} or
     {"name", "description", "parameters"} dicts; `choice` "auto", "none", "required" or a tool's name."""
@@ -206,7 +232,8 @@ def plan_for(
         raise ToolError(f"tool_choice {choice!r} is none of 'auto', 'none', 'required' or a tool's name", "tool_choice")
     if choice == "required" and not made:
         raise ToolError("tool_choice 'required' needs tools", "tool_choice")
-    return ToolPlan(tuple(made), choice, parallel, None if reply_schema is None else json.loads(reply_schema))
+    reply = None if reply_schema is None else json.loads(reply_schema)
+    return ToolPlan(tuple(made), choice, parallel, reply, format)
 
 
 def _object(properties: dict) -> dict:
@@ -299,85 +326,3 @@ def _pointer(root: Any, ref: Any, where: str) -> Any:
             raise ToolError(f"{where}.$ref: {ref!r} points at nothing in the schema", where)
         node = node[part]
     return node
-
-
-class StreamReader:
-    """Reads a tool-constrained answer as it streams: a reply's text is passed on as it is decoded
-    from its JSON string; calls are held until the answer is complete (they are read whole)."""
-
-    PREFIX_CHARS = 64  # whitespace the grammar may allow before the first key, and the key itself
-
-    def __init__(self, plan: ToolPlan):
-        self.plan = plan
-        self.raw = ""
-        self.mode: str | None = None if plan.active else "text"  # "reply", "calls" or "text"
-        self.sent = 0  # decoded reply characters passed on
-        self.start = 0  # where the reply's string starts in raw
-
-    def push(self, text: str) -> str:
-        """More of the answer; returns reply text that can be shown now."""
-        if self.mode == "text":
-            return text
-        self.raw += text
-        if self.mode is None:
-            self._decide()
-        if self.mode != "reply":
-            return ""
-        decoded = _string_prefix(self.raw[self.start :])
-        fresh = decoded[self.sent :]
-        self.sent = len(decoded)
-        return fresh
-
-    def finish(self) -> tuple[str, list[ToolCall]]:
-        """At the answer's end: the text not shown yet (an answer held back that is not a call) and the calls."""
-        if self.mode in ("text", "reply"):
-            return "", []
-        content, calls = self.plan.read(self.raw)
-        return content or "", calls
-
-    def _decide(self) -> None:
-        stripped = self.raw.lstrip()
-        if not stripped.startswith("{"):
-            if stripped:
-                self.mode = "calls"  # not the generic form: read whole at the end
-            return
-        body = stripped[1:].lstrip()
-        for key, mode in (('"tool_calls"', "calls"), ('"response"', "reply")):
-            if body.startswith(key):
-                after = body[len(key) :].lstrip()
-                if mode == "calls" or self.plan.reply_schema is not None:
-                    self.mode = "calls"  # a structured reply is also read whole
-                elif after.startswith(":") and after[1:].lstrip().startswith('"'):
-                    self.mode = "reply"
-                    self.start = len(self.raw) - len(after[1:].lstrip()) + 1
-                return
-            if not key.startswith(body[: len(key)]):
-                continue
-            return  # still a prefix of a key: wait for more
-        if len(body) > self.PREFIX_CHARS:
-            self.mode = "calls"
-
-
-def _string_prefix(body: str) -> str:
-    """The decoded text of the longest complete part of a JSON string's body (without its quotes),
-    stopping at its closing quote, before an unfinished escape, and before half a surrogate pair."""
-    end, i = 0, 0
-    while i < len(body):
-        char = body[i]
-        if char == '"':
-            break
-        if char == "\\":
-            width = 6 if body[i + 1 : i + 2] == "u" else 2
-            if i + width > len(body):
-                break
-            i += width
-        else:
-            i += 1
-        end = i
-    try:
-        text = json.loads('"' + body[:end] + '"')
-    except json.JSONDecodeError:
-        return ""
-    if text and "\ud800" <= text[-1] <= "\udbff":
-        text = text[:-1]
-    return text

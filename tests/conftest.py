@@ -101,6 +101,57 @@ def tiny_phi3_long_ov(ovchat_home: Path) -> Path:
     return ovchat.export(str(source), weight_format="fp16")
 
 
+# A chat template with a tool format of its own, in the Hermes style that Qwen 2.5/3 and SmolLM3 follow:
+# tools listed in the system turn, calls as <tool_call> blocks, results as <tool_response> blocks.
+HERMES_STYLE_TEMPLATE = """\
+{%- if tools -%}
+<|system|>
+{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}
+
+{% endif %}# Tools
+
+You may call one or more functions. Their signatures, within <tools></tools> XML tags:
+<tools>
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}</tools>
+
+Return each call as a JSON object with the function's name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|end|>
+{% elif messages[0]['role'] == 'system' -%}
+<|system|>
+{{ messages[0]['content'] }}<|end|>
+{% endif -%}
+{% for message in messages -%}
+{% if message['role'] == 'user' -%}
+<|user|>
+{{ message['content'] }}<|end|>
+{% elif message['role'] == 'assistant' -%}
+<|assistant|>
+{{ message['content'] }}{% if message['tool_calls'] %}{% for call in message['tool_calls'] %}<tool_call>
+{"name": "{{ call['function']['name'] }}", "arguments": {{ call['function']['arguments'] | tojson }}}
+</tool_call>{% endfor %}{% endif %}<|end|>
+{% elif message['role'] == 'tool' -%}
+<|user|>
+<tool_response>
+{{ message['content'] }}
+</tool_response><|end|>
+{% endif -%}
+{% endfor -%}
+{% if add_generation_prompt %}<|assistant|>
+{% endif %}"""
+
+
+@pytest.fixture(scope="session")
+def tiny_hermes_ov(ovchat_home: Path) -> Path:
+    """The tiny Phi-3 (4096-token context, fp16) with a Hermes-style chat template: a tool format of its own."""
+    import ovchat
+
+    source = _tiny_phi3_folder(ovchat_home, "tiny-hermes", context_length=4096, chat_template=HERMES_STYLE_TEMPLATE)
+    return ovchat.export(str(source), weight_format="fp16")
+
+
 @pytest.fixture(scope="session")
 def noisy_dir(ovchat_home: Path, tiny_phi3_dir: Path) -> Path:
     """A damaged copy of the tiny Phi-3: noise on every weight (which also brings its attention to life)."""

@@ -143,7 +143,7 @@ async def test_chat_logprobs_whole_and_streamed(served, batch, hello):  # noqa: 
 
 
 @pytest.mark.anyio
-async def test_completion_logprobs_legacy_shape(served, batch):
+async def test_completion_logprobs_legacy_shape(served, batch):  # noqa: F811
     async with client(served, batch) as http:
         one = (await http.post("/v1/completions", json={"prompt": "Hi", "logprobs": 1})).json()
         zero = (await http.post("/v1/completions", json={"prompt": "Hi", "logprobs": 0, "stream": True})).text

@@ -47,11 +47,12 @@ def run_tool(name: str, arguments: dict) -> str:
     return str(arguments["a"] + arguments["b"])
 
 
-def agent_loop(client, model: str, question: str) -> tuple[list, str]:
+def agent_loop(client, model: str, question: str, parallel: bool = True) -> tuple[list, str]:
     """Call (required), run the tools, answer from their results: the loop an agent framework runs."""
     messages = [{"role": "user", "content": question}]
     first = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER, ADD],
-                                           tool_choice="required", max_tokens=200, **GREEDY_KWARGS)
+                                           tool_choice="required", parallel_tool_calls=parallel, max_tokens=200,
+                                           **GREEDY_KWARGS)
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None, choice
     calls = choice.message.tool_calls
@@ -86,6 +87,29 @@ def test_an_agent_loop_on_the_tiny_phi3(tiny_phi3_long_ov, tmp_path):
     try:
         calls, answer = agent_loop(running.client(), tiny_phi3_long_ov.name, "Add 2 and 3, please.")
         assert calls and isinstance(answer, str)
+    finally:
+        running.stop()
+
+
+def test_an_agent_loop_on_a_template_with_its_own_tool_format(tiny_hermes_ov, tmp_path):
+    """The template's own `<tool_call>` format through the real server: the call, the tool result
+    rendered back by the template, the written answer; a streamed call equals the whole one."""
+    running = Server(tiny_hermes_ov, log_path=tmp_path / "serve.log")
+    try:
+        client = running.client()
+        # One call: the random model, free to add calls, would write them until its budget runs out.
+        calls, answer = agent_loop(client, tiny_hermes_ov.name, "Add 2 and 3, please.", parallel=False)
+        assert calls and isinstance(answer, str)
+        ask = {"model": tiny_hermes_ov.name, "messages": [{"role": "user", "content": "Weather?"}],
+               "tools": [WEATHER, ADD], "tool_choice": "required", "max_tokens": 200, "temperature": 0.9, "seed": 5}
+        whole = client.chat.completions.create(**ask).choices[0].message.tool_calls
+        pieces: dict[int, list[str]] = {}
+        for chunk in client.chat.completions.create(**ask, stream=True):
+            for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                pieces.setdefault(delta.index, ["", ""])
+                pieces[delta.index][0] += delta.function.name or ""
+                pieces[delta.index][1] += delta.function.arguments or ""
+        assert [tuple(p) for p in pieces.values()] == [(c.function.name, c.function.arguments) for c in whole]
     finally:
         running.stop()
 
@@ -179,8 +203,7 @@ def test_the_openai_agents_sdk_completes_a_two_tool_task(server):
     conversation, calls and results included, with `tool_choice="none"` for the written answer."""
     import asyncio
 
-    from agents import (Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, function_tool,
-                        set_tracing_disabled)
+    from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
     from openai import AsyncOpenAI
 
     set_tracing_disabled(True)

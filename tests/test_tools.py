@@ -76,7 +76,8 @@ def test_the_choice_changes_the_grammar_not_the_prompt():
     assert len({json.dumps(p) for p in prompts.values()}) == 1
     assert plan(WEATHER, choice="none").read('{"response": "No call."}') == ("No call.", [])
     bare = plan()  # no tools: nothing described, nothing constrained, text as it is
-    assert bare.schema() is None and bare.constraint() == (None, None) and bare.prepare(ASK) == ASK
+    assert bare.schema() is None and bare.prepare(ASK) == ASK
+    assert bare.constraint() == {"json_schema": None, "grammar": None, "tool_tags": None}
     assert bare.read('{"tool_calls": []}') == ('{"tool_calls": []}', [])
 
 
@@ -185,7 +186,8 @@ async def test_a_call_in_openais_shape(served_long):
     assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'}
     # The engine got the tools' schema to generate under, and the prompt describes them.
     request = plan(WEATHER, TIME, choice="required")
-    assert (batch.sampling[0].json_schema, batch.sampling[0].grammar) == request.constraint()
+    sampled = batch.sampling[0]
+    assert {k: getattr(sampled, k) for k in ("json_schema", "grammar", "tool_tags")} == request.constraint()
     assert batch.sampling[0].grammar is not None  # a compact grammar, not the schema's free whitespace
     prompt = served_long.tokenizer.decode(batch.prompts[0])
     assert request.instructions() in prompt and "Weather in Paris?" in prompt
@@ -247,7 +249,7 @@ async def test_tool_choice_none_is_a_reply(served_long):
         answer = await http.post("/v1/chat/completions",
                                  json={"messages": ASK, "tools": [WEATHER], "tool_choice": "none"})
     assert answer.json()["choices"][0]["message"] == {"role": "assistant", "content": "Hello!"}
-    assert batch.sampling[0].grammar == plan(WEATHER, choice="none").constraint()[1]
+    assert batch.sampling[0].grammar == plan(WEATHER, choice="none").constraint()["grammar"]
     assert "get_weather" in served_long.tokenizer.decode(batch.prompts[0])  # described all the same
 
 

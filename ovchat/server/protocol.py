@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .. import tools as toolkit
 from ..sampling import MAX_TOP_LOGPROBS, SamplingParams
+from ..tool_formats import CallFormat
 from .api_error import ApiError
 from .schemas import check_json_schema
 
@@ -154,6 +155,7 @@ class _Sampling(_Strict):
         json_schema: str | None = None,
         defaults: SamplingParams | None = None,
         grammar: str | None = None,
+        tool_tags: str | None = None,
     ) -> SamplingParams:
         """This request's sampling, with the budget the server granted; the fields it leaves out take
         `defaults` (the served model's recommendation)."""
@@ -178,6 +180,7 @@ class _Sampling(_Strict):
             stop=tuple(self.stops()),
             json_schema=json_schema,
             grammar=grammar,
+            tool_tags=tool_tags,
             logprobs=self.wants_logprobs(),
             top_logprobs=self.alternatives(),
         )
@@ -244,8 +247,9 @@ class ChatRequest(_Sampling):
             raise ApiError(400, str(exc), exc.param) from None
         return messages
 
-    def tool_plan(self) -> toolkit.ToolPlan:
-        """What the tools do to this request (checked here: a bad schema would break the engine)."""
+    def tool_plan(self, format: CallFormat | None = None) -> toolkit.ToolPlan:
+        """What the tools do to this request (checked here: a bad schema would break the engine), in the
+        served template's own call `format` where it has one."""
         given = []
         for i, tool in enumerate(self.tools or []):
             where = f"tools[{i}].function.parameters"
@@ -259,7 +263,7 @@ class ChatRequest(_Sampling):
         named = choice.function.name if isinstance(choice, NamedToolChoice) else None
         reply = self._response_schema()
         return toolkit.ToolPlan(
-            tuple(given), named or choice or "auto", self.parallel_tool_calls, None if reply is None else reply
+            tuple(given), named or choice or "auto", self.parallel_tool_calls, None if reply is None else reply, format
         )
 
     def schema(self) -> str | None:

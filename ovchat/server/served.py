@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import runtime
 from ..sampling import CHAT_SAMPLING, SamplingParams
+from ..tool_formats import CallFormat, chat_template, detect
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Served:
     config: dict  # config.json: architecture sizes
     sampling: SamplingParams = SamplingParams(**CHAT_SAMPLING)  # for the fields a request leaves out (load sets it)
     sampling_source: str = "ovchat's default"
+    tool_format: CallFormat | None = None  # the chat template's own tool-call format, if ovchat writes it
 
     @classmethod
     def load(cls, path: Path, info: dict | None, context_cap: int | None) -> Served:
@@ -39,7 +41,8 @@ class Served:
         created = int(path.stat().st_mtime)
         sampling, source = runtime.recommended_sampling(path, info)
         name = runtime.model_name(path, info)
-        return cls(name, path, context, tokenizer, stops, vocab, created, config, sampling, source)
+        tool_format = detect(chat_template(path, tokenizer))
+        return cls(name, path, context, tokenizer, stops, vocab, created, config, sampling, source, tool_format)
 
     def kv_bytes_per_token(self, precision: str) -> int:
         config = self.config

@@ -113,11 +113,12 @@ class Serving:
     # -- requests to token ids ---------------------------------------------------------------------
     async def chat(self, request: Request, req: ChatRequest):
         self.check_model(req.model)
-        plan = req.tool_plan()
+        plan = req.tool_plan(self.served.tool_format)
         messages = plan.prepare(req.messages_plain())
-        ids = await asyncio.to_thread(self._chat_ids, messages)  # a long prompt must not stall every stream
-        schema, grammar = plan.constraint() if plan.active else (req.schema(), None)
-        return await self._generate(request, req, ids, chat=True, schema=schema, plan=plan, grammar=grammar)
+        # A long prompt must not stall every stream: templated and tokenized off the event loop.
+        ids = await asyncio.to_thread(self._chat_ids, messages, plan.template_tools())
+        constraint = plan.constraint() if plan.active else {"json_schema": req.schema()}
+        return await self._generate(request, req, ids, chat=True, plan=plan, constraint=constraint)
 
     async def complete(self, request: Request, req: CompletionRequest):
         self.check_model(req.model)
@@ -131,11 +132,11 @@ class Serving:
                     400, f"prompt: token id {bad} is outside the vocabulary (0..{served.vocab_size - 1})", "prompt"
                 )
             ids = list(req.prompt)
-        return await self._generate(request, req, ids, chat=False, schema=None, plan=NO_TOOLS)
+        return await self._generate(request, req, ids, chat=False, plan=NO_TOOLS)
 
-    def _chat_ids(self, messages: list[dict]) -> list[int]:
+    def _chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         try:
-            prompt = runtime.render(self.served.tokenizer, self.served.name, messages)
+            prompt = runtime.render(self.served.tokenizer, self.served.name, messages, tools=tools)
         except OvchatError as exc:
             raise ApiError(400, str(exc), "messages") from None
         return runtime.encode(self.served.tokenizer, prompt, add_special_tokens=False)
@@ -147,9 +148,8 @@ class Serving:
         req,
         ids: list[int],
         chat: bool,
-        schema: str | None,
         plan: ToolPlan,
-        grammar: str | None = None,
+        constraint: dict | None = None,
     ):
         settings = self.settings
         context = self.served.context_length
@@ -168,7 +168,7 @@ class Serving:
         # Documented choice: an answer that would not fit (or passes the server's limit) is clamped and
         # ends with finish_reason "length".
         budget = min(asked or settings.max_tokens_limit, settings.max_tokens_limit, context - len(ids))
-        sampling = req.sampling(budget, schema, self.served.sampling, grammar)
+        sampling = req.sampling(budget, defaults=self.served.sampling, **(constraint or {}))
         if sampling.logprobs:
             await asyncio.to_thread(lambda: self.token_text)  # read the vocabulary once, off the event loop
         job = self._submit(ids, sampling)
