@@ -56,7 +56,12 @@ def _single_id(tokenizer, text: str) -> int:
 
 
 def tiny_phi3(
-    out_dir: Path, *, context_length: int = 256, seed: int = 0, chat_template: str = PHI3_CHAT_TEMPLATE
+    out_dir: Path,
+    *,
+    context_length: int = 256,
+    seed: int = 0,
+    chat_template: str = PHI3_CHAT_TEMPLATE,
+    added_tokens: tuple[str, ...] = (),
 ) -> Path:
     """Write a tiny random `Phi3ForCausalLM` with Phi-3's special tokens and chat template.
 
@@ -71,6 +76,7 @@ def tiny_phi3(
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     tokenizer = _phi3_tokenizer(vocab_size=320, chat_template=chat_template)
+    tokenizer.add_tokens(list(added_tokens))  # not special: kept in decoded text (as Qwen's <tool_call>)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in PHI3_SPECIAL_TOKENS}
     config = Phi3Config(
         vocab_size=len(tokenizer),

@@ -65,22 +65,25 @@ def chat_template(folder: Path, tokenizer=None) -> str:
 
 @dataclass(frozen=True)
 class CallFormat:
-    """Calls written as `begin` + {"name": ..., "arguments": ...} + `end`, several joined by `separator`."""
+    """Calls written as `begin` + {"name": ..., "<args_key>": ...} + `end`, several joined by `separator`;
+    a bare JSON call ("" begin) opens at its `{"name"`."""
 
     name: str
     parser: str  # OVMS's name for it
     begin: str
     end: str
     separator: str = "\n"
+    args_key: str = "arguments"
+    most: int = 4  # calls one answer may hold (what the template can write back)
 
     @property
     def trigger(self) -> str:
-        return self.begin.strip()
+        return self.begin.strip() or '{"name"'
 
     def frame(self, tool) -> tuple[str, Any, str]:
         """(text before the arguments, their schema, text after) of one call of `tool`."""
         name = json.dumps(tool.name, ensure_ascii=False)
-        return f'{self.begin}{{"name": {name}, "arguments": ', tool.parameters, "}" + self.end
+        return f'{self.begin}{{"name": {name}, "{self.args_key}": ', tool.parameters, "}" + self.end
 
     def grammar(self, tools: Sequence, most: int) -> tuple[str | None, str | None]:
         """(grammar, None) for answers that are only calls, or (None, structural tags) where a tool's
@@ -106,31 +109,46 @@ class CallFormat:
 
     def read(self, text: str) -> tuple[str | None, list[tuple[str, str]]]:
         """(content, [(name, arguments JSON)]): the calls found in the answer, the rest as content.
-        A block that does not parse (an answer cut by its budget) stays in the content."""
+        A call that does not parse (an answer cut by its budget) stays in the content."""
         calls, kept, at = [], [], 0
-        pattern = re.escape(self.trigger) + r"\s*(.*?)\s*(?:" + re.escape(self.end.strip()) + "|$)"
-        for match in re.finditer(pattern, text, re.DOTALL):
+        decoder, closing = json.JSONDecoder(), self.end.strip()
+        for found in re.finditer(re.escape(self.trigger), text):
+            if found.start() < at:
+                continue
+            start = found.end() if self.begin else found.start()
+            start += len(text[start:]) - len(text[start:].lstrip())
             try:
-                call = json.loads(match.group(1))
-                name, arguments = call["name"], call.get("arguments", {})
+                call, stop = decoder.raw_decode(text, start)
+                name, arguments = call["name"], call.get(self.args_key, {})
                 if not isinstance(name, str):
                     raise TypeError(name)
             except (ValueError, KeyError, TypeError):
                 continue
-            kept.append(text[at : match.start()])
-            at = match.end()
+            rest = text[stop:].lstrip()
+            if closing and rest.startswith(closing):
+                stop = len(text) - len(rest) + len(closing)
+            kept.append(text[at : found.start()])
+            at = stop
             calls.append((name, arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)))
-        content = ("".join(kept) + text[at:]).strip() if calls else text
-        return (content or None) if calls else text, calls
+        if not calls:
+            return text, []
+        return ("".join(kept) + text[at:]).strip() or None, calls
 
 
 HERMES = CallFormat("hermes", "hermes3", "<tool_call>\n", "\n</tool_call>")
-FORMATS = {"hermes3": HERMES}
+# Llama 3.1-3.3: a bare {"name": ..., "parameters": ...}; the template writes back one call per turn.
+LLAMA3 = CallFormat("llama3", "llama3", "", "", args_key="parameters", most=1)
+FORMATS = {"hermes3": HERMES, "llama3": LLAMA3}
+# Llama 3.2's template lacks 3.1's <|python_tag|> (OVMS's mark); its instruction names the call's form.
+LLAMA3_MARK = '"parameters": dictionary of argument name'
 
 
 def detect(template: str) -> CallFormat | None:
     """The template's own call format, where ovchat writes it (else None: the generic format)."""
-    return FORMATS.get(template_parsers(template)[0] or "")
+    parser = template_parsers(template)[0]
+    if parser is None and LLAMA3_MARK in template:
+        parser = "llama3"
+    return FORMATS.get(parser or "")
 
 
 def template_messages(messages: Iterable[dict]) -> list[dict]:

@@ -117,7 +117,7 @@ class ToolPlan:
         structural tags that constrain a call once it opens."""
         fields = {"json_schema": None, "grammar": None, "tool_tags": None}
         if self.format is not None and self.active:
-            offered, most = self.offered(), MAX_PARALLEL_CALLS if self.parallel else 1
+            offered, most = self.offered(), min(self.format.most, MAX_PARALLEL_CALLS if self.parallel else 1)
             if not offered:  # "none": a plain reply (in its own schema, if response_format gave one)
                 return {**fields, "json_schema": None if self.reply_schema is None else json.dumps(self.reply_schema)}
             if self.calls_only:

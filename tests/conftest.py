@@ -143,12 +143,57 @@ Return each call as a JSON object with the function's name and arguments within 
 {% endif %}"""
 
 
+# The Llama 3.x style: tools in a user turn, a call as bare {"name": ..., "parameters": ...}, one per turn.
+LLAMA3_STYLE_TEMPLATE = """\
+{%- if tools -%}
+<|system|>
+Environment: ipython
+{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{% endif %}<|end|>
+<|user|>
+Answer with a JSON function call. Respond in the format {"name": function name, "parameters": dictionary of \
+argument name and its value}.
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}<|end|>
+{% elif messages[0]['role'] == 'system' -%}
+<|system|>
+{{ messages[0]['content'] }}<|end|>
+{% endif -%}
+{% for message in messages -%}
+{% if message['role'] == 'user' -%}
+<|user|>
+{{ message['content'] }}<|end|>
+{% elif message['role'] == 'assistant' and message['tool_calls'] -%}
+<|assistant|>
+{"name": "{{ message['tool_calls'][0]['function']['name'] }}", "parameters": \
+{{ message['tool_calls'][0]['function']['arguments'] | tojson }}}<|end|>
+{% elif message['role'] == 'assistant' -%}
+<|assistant|>
+{{ message['content'] }}<|end|>
+{% elif message['role'] == 'tool' -%}
+<|user|>
+[ipython] {{ message['content'] }}<|end|>
+{% endif -%}
+{% endfor -%}
+{% if add_generation_prompt %}<|assistant|>
+{% endif %}"""
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3_ov(ovchat_home: Path) -> Path:
+    """The tiny Phi-3 (4096-token context, fp16) with a Llama 3.x-style chat template."""
+    import ovchat
+
+    source = _tiny_phi3_folder(ovchat_home, "tiny-llama3", context_length=4096, chat_template=LLAMA3_STYLE_TEMPLATE)
+    return ovchat.export(str(source), weight_format="fp16")
+
+
 @pytest.fixture(scope="session")
 def tiny_hermes_ov(ovchat_home: Path) -> Path:
     """The tiny Phi-3 (4096-token context, fp16) with a Hermes-style chat template: a tool format of its own."""
     import ovchat
 
-    source = _tiny_phi3_folder(ovchat_home, "tiny-hermes", context_length=4096, chat_template=HERMES_STYLE_TEMPLATE)
+    source = _tiny_phi3_folder(ovchat_home, "tiny-hermes", context_length=4096, chat_template=HERMES_STYLE_TEMPLATE,
+                               added_tokens=("<tool_call>", "</tool_call>"))  # one token each, as in Qwen's vocabulary
     return ovchat.export(str(source), weight_format="fp16")
 
 

@@ -9,25 +9,27 @@ import json
 
 import jsonschema
 import pytest
-from conftest import HERMES_STYLE_TEMPLATE
+from conftest import HERMES_STYLE_TEMPLATE, LLAMA3_STYLE_TEMPLATE
 from test_api import client, sse_events
 from test_tools import ASK, SCHEMAS, TIME, WEATHER, anyio_backend, last, scripted  # noqa: F401
 
-from ovchat import synthetic, tool_formats, tools
+from ovchat import runtime, synthetic, tool_formats, tools
 from ovchat.server.served import Served
-from ovchat.tool_formats import HERMES
+from ovchat.tool_formats import HERMES, LLAMA3
 from ovchat.tool_stream import StreamReader
 
 CALL_BLOCK = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>'
 TIME_BLOCK = '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
 
 
-def native(*given: dict, choice: str = "auto", parallel: bool = True) -> tools.ToolPlan:
-    return tools.plan_for(given, choice, parallel, format=HERMES)
+def native(*given: dict, choice: str = "auto", parallel: bool = True, format=HERMES) -> tools.ToolPlan:
+    return tools.plan_for(given, choice, parallel, format=format)
 
 
 @pytest.mark.parametrize(("template", "expected"), [
     (HERMES_STYLE_TEMPLATE, HERMES),
+    (LLAMA3_STYLE_TEMPLATE, LLAMA3),
+    ("{{ bos_token }}{{ '<|python_tag|>' }}", LLAMA3),  # Llama 3.1's mark, as OVMS reads it
     (synthetic.PHI3_CHAT_TEMPLATE, None),  # no tool format: the generic one
     ("{{ '<tool_call>' }}<function=x><parameter=y></parameter>{{ '</tool_call>' }}", None),  # Qwen3-Coder's XML
 ])
@@ -46,6 +48,17 @@ def test_reading_calls_and_the_text_around_them():
     assert read(cut) == (cut, [])  # cut by the budget: text, never a call
     assert read("Sunny, 18 degrees.") == ("Sunny, 18 degrees.", [])
     assert native(WEATHER, choice="none").read(CALL_BLOCK) == (CALL_BLOCK, [])
+
+
+def test_reading_a_bare_json_call():
+    read = native(WEATHER, format=LLAMA3).read
+    content, (call,) = read('{"name": "get_weather", "parameters": {"city": "Paris", "unit": "c"}}')
+    assert content is None and json.loads(call.arguments) == {"city": "Paris", "unit": "c"}
+    assert read('Sure: {"name": "get_weather", "parameters": {}}')[0] == "Sure:"
+    assert read('{"name": "get_weather", "parameters": {"ci') == ('{"name": "get_weather", "parameters": {"ci', [])
+    assert read('Use {"name"} as a key.') == ('Use {"name"} as a key.', [])
+    grammar = native(WEATHER, TIME, choice="required", format=LLAMA3).constraint()["grammar"]
+    assert '\\"parameters\\": ' in grammar and "{0," not in grammar.split("\n")[0]  # one call per turn
 
 
 @pytest.mark.parametrize("step", [1, 3, 7])
@@ -94,6 +107,7 @@ def served_hermes(tiny_hermes_ov) -> Served:
 @pytest.mark.anyio
 async def test_a_call_in_the_templates_form_comes_back_in_openais_shape(served_hermes):
     assert served_hermes.tool_format == HERMES
+    assert len(runtime.encode(served_hermes.tokenizer, "<tool_call>", add_special_tokens=False)) == 1
     history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_9", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "call_9", "content": "noon"}]
@@ -136,13 +150,23 @@ def hermes_model(tiny_hermes_ov):
     return ovchat.load(str(tiny_hermes_ov))
 
 
+@pytest.fixture(scope="module")
+def llama3_model(tiny_llama3_ov):
+    import ovchat
+
+    return ovchat.load(str(tiny_llama3_ov))
+
+
 @pytest.mark.parametrize("choice", ["required", "named"])
-def test_calls_in_the_templates_form_always_validate(hermes_model, choice):
+@pytest.mark.parametrize("style", ["hermes", "llama3"])
+def test_calls_in_the_templates_form_always_validate(request, style, choice):
+    model = request.getfixturevalue(f"{style}_model")
+    assert model.tool_format == {"hermes": HERMES, "llama3": LLAMA3}[style]
     given = [{"type": "function", "function": {"name": f"tool_{i}", "parameters": s}} for i, s in enumerate(SCHEMAS)]
     by_name = {t["function"]["name"]: t["function"]["parameters"] for t in given}
     for i in range(len(SCHEMAS)):
         named = "required" if choice == "required" else f"tool_{i}"
-        final = last(hermes_model.stream_generate(f"Use tool_{i} ({i}).", tools=given, tool_choice=named,
+        final = last(model.stream_generate(f"Use tool_{i} ({i}).", tools=given, tool_choice=named,
                                                   parallel_tool_calls=i % 2 == 0, max_new_tokens=300,
                                                   temperature=1.0, seed=i))
         assert final.finish_reason == "tool_calls" and final.tool_calls, final
@@ -167,3 +191,19 @@ def test_a_schema_beyond_the_grammar_still_validates_through_structural_tags(her
 def test_auto_leaves_the_text_free(hermes_model):
     final = list(hermes_model.stream_generate(ASK, tools=[WEATHER], max_new_tokens=20))
     assert "".join(p.text for p in final) == "Hello world!" and final[-1].tool_calls == ()
+
+
+def test_a_llama3_style_loop(llama3_model):
+    """A bare JSON call, its result as the template writes it back, the written answer; the KV cache
+    of the conversation so far is reused."""
+    final = last(llama3_model.stream_generate(ASK, tools=[WEATHER], tool_choice="required", max_new_tokens=120,
+                                              temperature=1.0, seed=1))
+    (call,) = final.tool_calls
+    jsonschema.validate(json.loads(call.arguments), WEATHER["function"]["parameters"])
+    messages = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call.as_openai()]},
+                {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+    prompt = runtime.render(llama3_model.tokenizer, "tiny", tool_formats.template_messages(messages),
+                            tools=tool_formats.openai_tools(tools.plan_for([WEATHER]).tools))
+    assert '<|assistant|>\n{"name": "get_weather", "parameters": {' in prompt and "[ipython] sunny" in prompt
+    answer = list(llama3_model.stream_generate(messages, tools=[WEATHER], tool_choice="none", max_new_tokens=20))
+    assert answer[-1].tool_calls == () and answer[-1].cached_tokens > 100
