@@ -157,11 +157,13 @@ class _Engine:
         self.fresh.clear()
         updates = []
         for rid, request in list(self.requests.items()):
-            handle, new, finish, logprobs = request.handle, [], None, []
+            handle, new, finish = request.handle, [], None
+            logprobs: list | None = [] if request.sampling.logprobs and request.scorer is None else None
             if handle.can_read():
                 for output in handle.read().values():  # one sequence per request (n=1)
                     new += list(output.generated_ids)
-                    logprobs += list(output.generated_log_probs)
+                    if logprobs is not None:  # GenAI's own, when no second pass gives them
+                        logprobs += list(output.generated_log_probs)
                     finish = self.reasons.get(output.finish_reason, finish)
             status = handle.get_status()
             if status != self.running:
@@ -174,7 +176,7 @@ class _Engine:
             if request.scorer is not None:
                 logprobs = request.scorer.push(new)
             if new or finish:
-                updates.append((rid, new, finish, logprobs if request.sampling.logprobs else None))
+                updates.append((rid, new, finish, logprobs))
             if finish:
                 del self.requests[rid]
         return updates
