@@ -4,13 +4,19 @@ cut exactly, the loop guard, and each token's log-probabilities when the request
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
+from fastapi import Request
+
 from ..sampling import LoopGuard, StopMatcher
+from ..tools import ToolPlan
 from .batching import BatchEngine, Job
 from .detok import IncrementalDecoder
 from .protocol import ApiError
+
+log = logging.getLogger("ovchat.server")
 
 
 @dataclass
@@ -91,3 +97,44 @@ class GenerationFailed(Exception):
                 "invalid_json_schema",
             )
         return ApiError(500, f"generation failed: {message}", kind="server_error", code="generation_failed")
+
+
+@dataclass
+class Event:
+    """What a streamed answer does next, in no dialect's words."""
+
+    text: str = ""
+    logprobs: list = field(default_factory=list)
+    finish: str | None = None
+    calls: list = field(default_factory=list)
+    waiting: bool = False
+
+
+async def collect(request: Request, answer: Answer, plan: ToolPlan) -> tuple[str, str, list]:
+    """The whole answer, for a client that did not ask for a stream (its leaving still stops the job)."""
+
+    async def client_gone():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        answer.close()
+
+    watcher = asyncio.create_task(client_gone())
+    parts, scored = [], []
+    try:
+        while True:
+            piece = await answer.next()
+            parts.append(piece.text)
+            scored += piece.logprobs
+            if piece.finish:
+                return "".join(parts), piece.finish, scored
+    except GenerationFailed as exc:
+        log.warning("generation failed: %s", exc)
+        raise exc.error(schema_param(plan)) from None
+    finally:
+        watcher.cancel()
+        answer.close()
+
+
+def schema_param(plan: ToolPlan) -> str:
+    """The request field whose schema the grammar compiler would have rejected."""
+    return "tools" if plan.active else "response_format"

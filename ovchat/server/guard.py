@@ -6,8 +6,8 @@ from __future__ import annotations
 import hmac
 import json
 
+from .api_error import ApiError, dialect_of
 from .metrics import Metrics
-from .protocol import ApiError
 from .settings import LOOPBACK_NAMES, Settings, is_loopback
 
 
@@ -37,7 +37,7 @@ class Guard:
         try:
             refusal = self._refusal(scope, path)
             if refusal is not None:
-                return await _send_error(counting_send, refusal)
+                return await _send_error(counting_send, refusal, dialect_of(path))
             await self.app(scope, receive, counting_send)
         except Exception:
             status = status or 500  # answered by Starlette's outermost error handler, past this send
@@ -50,14 +50,15 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if self.hosts is not None and _host_name(headers.get("host", "")) not in self.hosts:
             return ApiError(400, "invalid Host header: this server answers only to its own names (see --allowed-host)")
-        if self.settings.api_key and (path.startswith("/v1/") or path == "/metrics"):
+        if self.settings.api_key and (path.startswith(("/v1/", "/api/")) or path == "/metrics"):
             given = headers.get("authorization", "")
-            token = given[7:] if given[:7].lower() == "bearer " else ""
+            # Bearer for OpenAI's and Ollama's clients, x-api-key for Anthropic's.
+            token = given[7:] if given[:7].lower() == "bearer " else headers.get("x-api-key", "")
             if not hmac.compare_digest(token.encode(), self.settings.api_key.encode()):
                 why = "no API key provided" if not token else "incorrect API key provided"
                 return ApiError(
                     401,
-                    f"{why}: send it as 'Authorization: Bearer KEY'",
+                    f"{why}: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
                     code="invalid_api_key",
                     kind="authentication_error",
                 )
@@ -83,12 +84,14 @@ def _route_label(path: str) -> str:
         return "/v1/models/{id}"
     if path.startswith("/ui/"):
         return "/ui/{file}"
-    known = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"}
+    known = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages"}
+    if path.startswith("/api/") and path.count("/") == 2:  # Ollama's routes: /api/chat, /api/tags, ...
+        return path
     return path if path in known else "other"
 
 
-async def _send_error(send, error: ApiError) -> None:
-    body = json.dumps(error.body()).encode()
+async def _send_error(send, error: ApiError, dialect: str) -> None:
+    body = json.dumps(error.body(dialect)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), str(v).encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 
 from fastapi import APIRouter, FastAPI, Request
@@ -15,10 +14,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from . import protocol
+from .api_error import ApiError, dialect_of
 from .batching import BatchEngine
-from .guard import Guard, too_large
+from .dialects import anthropic, ollama
+from .dialects.common import read_json
+from .guard import Guard
 from .page import add_page
-from .protocol import ApiError
 from .served import Served
 from .serving import Serving, version
 from .settings import Settings
@@ -68,23 +69,6 @@ async def completions(request: Request):
     return await serving.complete(request, req)
 
 
-async def read_json(request: Request, cap: int):
-    """The decoded JSON body, or an ApiError: not JSON (415), over `cap` bytes (413), malformed (400)."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/json":
-        raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'", code="unsupported_media")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:  # a chunked body, cut off as soon as it passes the cap
-            raise too_large(cap)
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:  # malformed, bad UTF-8, absurd nesting or numbers
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
-        raise ApiError(400, f"the body is not valid JSON ({reason})") from None
-
-
 def create_app(served: Served, batch: BatchEngine, settings: Settings) -> FastAPI:
     """The whole HTTP app for one served model and its batch engine (attached to the loop at start-up)."""
     serving = Serving(served, batch, settings)
@@ -100,6 +84,8 @@ def create_app(served: Served, batch: BatchEngine, settings: Settings) -> FastAP
     if settings.web_ui:
         add_page(app)
     app.include_router(router)
+    app.include_router(ollama.router)
+    app.include_router(anthropic.router)
     app.add_middleware(Guard, settings=settings, metrics=serving.metrics)
     if settings.cors_origins:  # never a wildcard with credentials
         app.add_middleware(
@@ -107,23 +93,24 @@ def create_app(served: Served, batch: BatchEngine, settings: Settings) -> FastAP
             allow_origins=settings.cors_origins,
             allow_credentials=False,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["authorization", "content-type"],
+            allow_headers=["authorization", "content-type", "x-api-key", "anthropic-version"],
         )
     return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Every error, ours or the framework's, answered in OpenAI's shape."""
+    """Every error, ours or the framework's, answered in the shape of the dialect its path belongs to."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return JSONResponse(exc.body(dialect_of(request.url.path)), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return JSONResponse(ApiError(400, first.get("msg", "invalid request"), param).body(), status_code=400)
+        error = ApiError(400, first.get("msg", "invalid request"), param)
+        return JSONResponse(error.body(dialect_of(request.url.path)), status_code=400)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
@@ -132,7 +119,7 @@ def _add_error_handlers(app: FastAPI) -> None:
             exc.status_code, str(exc.detail)
         )
         return JSONResponse(
-            ApiError(exc.status_code, message, code=code).body(),
+            ApiError(exc.status_code, message, code=code).body(dialect_of(request.url.path)),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
@@ -140,4 +127,5 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _fault(request: Request, exc: Exception):
         log.exception("internal error on %s", request.url.path)
-        return JSONResponse(ApiError(500, "internal server error", kind="server_error").body(), status_code=500)
+        error = ApiError(500, "internal server error", kind="server_error")
+        return JSONResponse(error.body(dialect_of(request.url.path)), status_code=500)

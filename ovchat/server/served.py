@@ -25,6 +25,7 @@ class Served:
     sampling: SamplingParams = SamplingParams(**CHAT_SAMPLING)  # for the fields a request leaves out (load sets it)
     sampling_source: str = "ovchat's default"
     tool_format: CallFormat | None = None  # the chat template's own tool-call format, if ovchat writes it
+    info: dict | None = None  # the export's manifest (None for a folder ovchat did not export)
 
     @classmethod
     def load(cls, path: Path, info: dict | None, context_cap: int | None) -> Served:
@@ -42,7 +43,7 @@ class Served:
         sampling, source = runtime.recommended_sampling(path, info)
         name = runtime.model_name(path, info)
         tool_format = detect(chat_template(path, tokenizer))
-        return cls(name, path, context, tokenizer, stops, vocab, created, config, sampling, source, tool_format)
+        return cls(name, path, context, tokenizer, stops, vocab, created, config, sampling, source, tool_format, info)
 
     def kv_bytes_per_token(self, precision: str) -> int:
         config = self.config
@@ -53,3 +54,13 @@ class Served:
         width = {"f32": 4, "f16": 2, "bf16": 2, "u8": 1}.get(precision, 4)
         return 2 * layers * kv_heads * head_dim * width
 
+    def parameter_count(self) -> int:
+        """About how many parameters config.json describes (a decoder-only transformer's weights)."""
+        c = self.config
+        width, layers = c.get("hidden_size", 0), c.get("num_hidden_layers", 0)
+        heads = c.get("num_attention_heads") or 1
+        kv_width = (c.get("num_key_value_heads") or heads) * (c.get("head_dim") or width // heads)
+        attention = 2 * width * width + 2 * width * kv_width  # q and o, k and v
+        mlp = 3 * width * c.get("intermediate_size", 4 * width)  # gate, up, down
+        embeddings = self.vocab_size * width * (1 if c.get("tie_word_embeddings") else 2)
+        return layers * (attention + mlp) + embeddings

@@ -23,7 +23,7 @@ from ..config import SERVE_STALL_SECONDS, format_ms
 from ..errors import OvchatError
 from ..sampling import RECOMMENDED_FIELDS
 from ..tools import StreamReader, ToolPlan
-from .answer import Answer, GenerationFailed
+from .answer import Answer, Event, GenerationFailed, collect, schema_param
 from .batching import BatchEngine, EngineUnavailable, Job, Overloaded
 from .logprobs import TokenText, chat_entries, completion_logprobs
 from .metrics import Metrics
@@ -111,27 +111,35 @@ class Serving:
             )
 
     # -- requests to token ids ---------------------------------------------------------------------
-    async def chat(self, request: Request, req: ChatRequest):
+    async def chat_input(self, req: ChatRequest) -> tuple[list[int], ToolPlan, dict]:
+        """A chat request's prompt ids, its tool plan and the constraint its answer is generated under."""
         self.check_model(req.model)
         plan = req.tool_plan(self.served.tool_format)
         messages = plan.prepare(req.messages_plain())
         # A long prompt must not stall every stream: templated and tokenized off the event loop.
         ids = await asyncio.to_thread(self._chat_ids, messages, plan.template_tools())
         constraint = plan.constraint() if plan.active else {"json_schema": req.schema()}
+        return ids, plan, constraint
+
+    async def chat(self, request: Request, req: ChatRequest):
+        ids, plan, constraint = await self.chat_input(req)
         return await self._generate(request, req, ids, chat=True, plan=plan, constraint=constraint)
 
-    async def complete(self, request: Request, req: CompletionRequest):
+    async def completion_input(self, req: CompletionRequest) -> list[int]:
+        """A completion request's prompt ids: its text as is (no chat template), or the ids it gave."""
         self.check_model(req.model)
         served = self.served
         if isinstance(req.prompt, str):
-            ids = await asyncio.to_thread(runtime.encode, served.tokenizer, req.prompt)
-        else:
-            bad = next((t for t in req.prompt if not 0 <= t < served.vocab_size), None)
-            if bad is not None:
-                raise ApiError(
-                    400, f"prompt: token id {bad} is outside the vocabulary (0..{served.vocab_size - 1})", "prompt"
-                )
-            ids = list(req.prompt)
+            return await asyncio.to_thread(runtime.encode, served.tokenizer, req.prompt)
+        bad = next((t for t in req.prompt if not 0 <= t < served.vocab_size), None)
+        if bad is not None:
+            raise ApiError(
+                400, f"prompt: token id {bad} is outside the vocabulary (0..{served.vocab_size - 1})", "prompt"
+            )
+        return list(req.prompt)
+
+    async def complete(self, request: Request, req: CompletionRequest):
+        ids = await self.completion_input(req)
         return await self._generate(request, req, ids, chat=False, plan=NO_TOOLS)
 
     def _chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
@@ -142,15 +150,16 @@ class Serving:
         return runtime.encode(self.served.tokenizer, prompt, add_special_tokens=False)
 
     # -- admission and the answer ------------------------------------------------------------------
-    async def _generate(
+    async def admit(
         self,
-        request: Request,
         req,
         ids: list[int],
         chat: bool,
-        plan: ToolPlan,
         constraint: dict | None = None,
-    ):
+        budget_param: str | None = None,
+    ) -> Answer:
+        """The prompt checked against the context, the budget granted, and the job in the engine.
+        `budget_param` names the request's token budget in a dialect's words."""
         settings = self.settings
         context = self.served.context_length
         if len(ids) >= context:
@@ -162,7 +171,7 @@ class Serving:
                 "context_length_exceeded",
             )
         asked = req.budget()
-        field_name = "max_completion_tokens" if chat and req.max_completion_tokens else "max_tokens"
+        field_name = budget_param or ("max_completion_tokens" if chat and req.max_completion_tokens else "max_tokens")
         if asked is not None and asked > context:
             raise ApiError(400, f"{field_name} must be at most the context length ({context}), not {asked}", field_name)
         # Documented choice: an answer that would not fit (or passes the server's limit) is clamped and
@@ -173,7 +182,37 @@ class Serving:
             await asyncio.to_thread(lambda: self.token_text)  # read the vocabulary once, off the event loop
         job = self._submit(ids, sampling)
         self.metrics.count("ovchat_prompt_tokens_total", len(ids))
-        answer = Answer(self.batch, job, self.served.tokenizer, self._count_loop, self.served.stop_ids)
+        return Answer(self.batch, job, self.served.tokenizer, self._count_loop, self.served.stop_ids)
+
+    async def events(self, answer: Answer, plan: ToolPlan, chat: bool = True) -> AsyncIterator[Event]:
+        """A streamed answer as dialect-free events: text as it is safe to show, then the calls (chat: held
+        back until the end) with the finish. `waiting` events come while nothing arrives for a while."""
+        reader = StreamReader(plan)
+        while True:
+            piece = await answer.next(self.settings.keepalive_seconds)
+            if piece is None:
+                yield Event(waiting=True)  # long prefill or a queue wait: keep proxies from timing out
+                continue
+            yield Event(reader.push(piece.text) if chat else piece.text, piece.logprobs)
+            if piece.finish:
+                calls = []
+                if chat:  # what was held back: calls, or an answer not in the generic form
+                    content, calls = reader.finish()
+                    if content:
+                        yield Event(content)
+                yield Event(finish="tool_calls" if calls else piece.finish, calls=calls)
+                return
+
+    async def _generate(
+        self,
+        request: Request,
+        req,
+        ids: list[int],
+        chat: bool,
+        plan: ToolPlan,
+        constraint: dict | None = None,
+    ):
+        answer = await self.admit(req, ids, chat, constraint)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if req.stream:
@@ -183,10 +222,10 @@ class Serving:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        text, finish, scored = await _collect(request, answer, _schema_param(plan))
-        _log_done(rid, len(ids), job, finish)
+        text, finish, scored = await collect(request, answer, plan)
+        log_done(rid, len(ids), answer.job, finish)
         head = self._header(rid, "chat.completion" if chat else "text_completion", created)
-        logprobs = self._logprobs(chat, scored)[0] if sampling.logprobs else None
+        logprobs = self._logprobs(chat, scored)[0] if answer.job.sampling.logprobs else None
         if chat:
             content, calls = plan.read(text)
             message = {"role": "assistant", "content": content}
@@ -239,7 +278,6 @@ class Serving:
         plan: ToolPlan,
     ) -> AsyncIterator[str]:
         head = self._header(rid, "chat.completion.chunk" if chat else "text_completion", created)
-        reader = StreamReader(plan)
         wants_logprobs = answer.job.sampling.logprobs
         scored: list = []  # log-probs of tokens whose text is not sent yet
         offset = 0  # the legacy completions' text_offset
@@ -265,67 +303,29 @@ class Serving:
         try:
             if chat:
                 yield event(None, None, role=True)
-            while True:
-                piece = await answer.next(self.settings.keepalive_seconds)
-                if piece is None:
-                    yield ": keep-alive\n\n"  # long prefill or a queue wait: keep proxies from timing out
+            async for step in self.events(answer, plan, chat):
+                if step.waiting:
+                    yield ": keep-alive\n\n"
                     continue
-                scored += piece.logprobs
-                shown = reader.push(piece.text) if chat else piece.text
-                if shown:
-                    yield event(shown, None)
-                if piece.finish:
-                    finish = piece.finish
-                    if chat:  # what was held back: calls, or an answer not in the generic form
-                        content, calls = reader.finish()
-                        if content:
-                            yield event(content, None)
-                        for index, call in enumerate(calls):
-                            for delta in call.deltas(index):
-                                yield event(None, None, delta={"tool_calls": [delta]})
-                        finish = "tool_calls" if calls else finish
+                scored += step.logprobs
+                if step.text:
+                    yield event(step.text, None)
+                if step.finish:
+                    finish = step.finish
+                    for index, call in enumerate(step.calls):
+                        for delta in call.deltas(index):
+                            yield event(None, None, delta={"tool_calls": [delta]})
                     yield event(None, finish)
-                    break
             if usage:
                 totals = _usage(prompt_tokens, answer.tokens)
                 yield f"data: {json.dumps({**head, 'choices': [], 'usage': totals})}\n\n"
         except GenerationFailed as exc:
             log.warning("%s failed: %s", rid, exc)
-            yield f"data: {json.dumps(exc.error(_schema_param(plan)).body())}\n\n"
+            yield f"data: {json.dumps(exc.error(schema_param(plan)).body())}\n\n"
         finally:
             answer.close()
-            _log_done(rid, prompt_tokens, answer.job, finish or "cut")
+            log_done(rid, prompt_tokens, answer.job, finish or "cut")
         yield "data: [DONE]\n\n"
-
-
-async def _collect(request: Request, answer: Answer, schema_param: str) -> tuple[str, str, list]:
-    """The whole answer, for a client that did not ask for a stream (its leaving still stops the job)."""
-
-    async def client_gone():
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        answer.close()
-
-    watcher = asyncio.create_task(client_gone())
-    parts, scored = [], []
-    try:
-        while True:
-            piece = await answer.next()
-            parts.append(piece.text)
-            scored += piece.logprobs
-            if piece.finish:
-                return "".join(parts), piece.finish, scored
-    except GenerationFailed as exc:
-        log.warning("generation failed: %s", exc)
-        raise exc.error(schema_param) from None
-    finally:
-        watcher.cancel()
-        answer.close()
-
-
-def _schema_param(plan: ToolPlan) -> str:
-    """The request field whose schema the grammar compiler would have rejected."""
-    return "tools" if plan.active else "response_format"
 
 
 def _mark(choice: dict, answer: Answer) -> dict:
@@ -337,7 +337,7 @@ def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _log_done(rid: str, prompt_tokens: int, job: Job, finish: str) -> None:
+def log_done(rid: str, prompt_tokens: int, job: Job, finish: str) -> None:
     ttft = format_ms(job.first_token - job.submitted if job.first_token else None)
     log.info(
         "%s: %d prompt tokens, %d generated, first token %s, finish %s",
