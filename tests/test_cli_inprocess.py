@@ -279,8 +279,10 @@ def _serve_settings(monkeypatch, *flags: str):
 
     seen = {}
 
-    def stand_in(model, device, settings, *, cache_dir=None, log=print):
+    def stand_in(model, device, settings, *, cache_dir=None, embedding_model=None, log=print):
         seen.update(model=model, device=device, settings=settings, cache_dir=cache_dir)
+        if embedding_model:
+            seen["embedding_model"] = embedding_model
         return 0
 
     monkeypatch.setattr(ovchat.server, "serve", stand_in)
@@ -303,8 +305,9 @@ def test_serve_flags_reach_the_settings(monkeypatch):
     seen = _serve_settings(
         monkeypatch, "--host", "0.0.0.0", "--port", "0", "--max-concurrency", "2", "--max-queue", "0",
         "--allowed-host", "a", "--allowed-host", "b", "--cors-origin", "http://c", "--insecure", "--no-web",
-        "--sse-keepalive", "0.5", "--no-batch-invariant",
+        "--sse-keepalive", "0.5", "--no-batch-invariant", "--embedding-model", "all-minilm-l6-v2",
     )  # fmt: skip
+    assert seen["embedding_model"] == "all-minilm-l6-v2"
     assert seen["settings"] == Settings(
         host="0.0.0.0", port=0, max_concurrency=2, max_queue=0, allowed_hosts=["a", "b"], cors_origins=["http://c"],
         allow_insecure=True, web_ui=False, keepalive_seconds=0.5, batch_invariant=False,

@@ -7,7 +7,7 @@ import signal
 import sys
 
 from ovchat.build import progress
-from ovchat.build.converter import _run_relayed, failure_reason
+from ovchat.build.converter import failure_reason, run_relayed
 from ovchat.build.progress import STEP, Bar, Relay, parse
 
 # As NNCF draws into a pipe told to act as a terminal: cursor codes between the updates, and the last
@@ -94,7 +94,7 @@ def test_a_killed_child_is_said_to_be_killed(tmp_path):
               "os.kill(os.getpid(), signal.SIGKILL)")
     lines: list[str] = []
     log_path = tmp_path / "export.log"
-    code, _ = _run_relayed([sys.executable, "-c", script], progress.CHILD_ENV, log_path, lines.append)
+    code, _ = run_relayed([sys.executable, "-c", script], progress.CHILD_ENV, log_path, lines.append)
     assert code == -signal.SIGKILL
     assert lines == ["  compressing the weights", "  Statistics collection: 50% (32/64), 0:00:07, about 0:00:07 left"]
     assert failure_reason(log_path, code).startswith("killed by signal 9 (out of memory?")
@@ -131,5 +131,5 @@ def test_the_childs_peak_memory_is_measured(tmp_path):
     script = ("import time; b = bytearray(300_000_000); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5); "
               "print('done', flush=True)")
     lines: list[str] = []
-    code, peak = _run_relayed([sys.executable, "-c", script], {}, tmp_path / "log", lines.append)
+    code, peak = run_relayed([sys.executable, "-c", script], {}, tmp_path / "log", lines.append)
     assert code == 0 and 300e6 < peak < 400e6

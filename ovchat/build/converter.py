@@ -35,7 +35,7 @@ def optimum_converter(source_dir: Path, out_dir: Path, recipe: Recipe, log_path:
         cmd += ["--task", EXPORT_TASK, *recipe.optimum_args(), str(out_dir)]
         log(f"exporting with optimum-intel ({recipe.tag})")
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore", **progress.CHILD_ENV}
-    returncode, peak = _run_relayed(cmd, env, log_path, log)
+    returncode, peak = run_relayed(cmd, env, log_path, log)
     if returncode != 0:
         reason = failure_reason(log_path, returncode)
         raise OvchatError(f"optimum-intel could not export {source_dir}: {reason} (full log: {log_path})")
@@ -55,7 +55,7 @@ def failure_reason(log_path: Path, returncode: int) -> str:
     return lines[-1].strip() if lines else f"exit status {returncode}"
 
 
-def _run_relayed(cmd: list[str], env: dict, log_path: Path, log: Log) -> tuple[int, int]:
+def run_relayed(cmd: list[str], env: dict, log_path: Path, log: Log) -> tuple[int, int]:
     """Run the converter's child: its output into `log_path`, its progress to the person (live on a
     terminal, a line per step otherwise). Returns its exit status and its peak resident memory in
     bytes (read while it runs); an interrupt kills it."""

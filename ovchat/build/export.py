@@ -19,8 +19,9 @@ from pathlib import Path
 
 from .. import catalog, manifest
 from ..config import DISK_FACTOR_FOLDER, DISK_FACTOR_GGUF, DISK_MARGIN_BYTES, EXPORT_TASK
+from ..embeddings import pooling
 from ..errors import OvchatError, describe, print_nothing
-from . import estimate
+from . import embedding, estimate
 from .converter import optimum_converter
 from .recipe import FIELDS, Recipe, with_defaults
 
@@ -203,7 +204,8 @@ def export(
         gguf.check_gguf(local_source)  # not GGUF, or an architecture we cannot convert: say so at once
     given = dict(weight_format=weight_format, group_size=group_size, ratio=ratio, sym=sym, awq=awq,
                  scale_estimation=scale_estimation)
-    recipe = _recipe_for(source, given, log)
+    kind = catalog.kind(source)
+    recipe = _recipe_for(source, given, log, kind)
     cached = output is None
     target = catalog.export_dir(source, recipe.tag) if cached else Path(output).expanduser().resolve()
     if not cached and target.exists() and not force:
@@ -222,8 +224,9 @@ def export(
         if converter is None:
             _need_export_extra()
         try:
-            plan = _Plan(recipe, check, memory_check and converter is None, model)
-            return _export_locked(source, target, plan, converter or optimum_converter, log)
+            plan = _Plan(recipe, check, memory_check and converter is None and kind == "chat", model, kind)
+            converter = converter or (embedding.convert if kind == "embedding" else optimum_converter)
+            return _export_locked(source, target, plan, converter, log)
         except (OSError, RuntimeError) as exc:
             raise OvchatError(f"exporting {model} to {target} failed: {describe(exc)}") from None
 
@@ -234,6 +237,7 @@ class _Plan:
     check: bool | None  # the quick quality check: None decides by size
     memory_check: bool  # estimate the converter's peak memory first, refuse what cannot fit
     name: str  # the model as the user named it, for messages
+    kind: str = "chat"  # or "embedding"
 
 
 def _export_locked(source: catalog.Source, target: Path, plan: _Plan, converter: Converter, log: Log) -> Path:
@@ -253,15 +257,24 @@ def _export_locked(source: catalog.Source, target: Path, plan: _Plan, converter:
             log(f"reading {local.name} (weights and tokenizer from the GGUF metadata)")
             hf_dir = gguf.gguf_to_hf(local, hf_tmp)
         peak = converter(hf_dir, tmp, recipe, target.parent / f".{target.name}.log", log)
-        log("checking the export (IR, tokenizer round trip, one token)")
-        checks = self_check(tmp)
+        encoder = plan.kind == "embedding"
+        if encoder:
+            settings = pooling(hf_dir)
+            log("checking the export (the pipeline embeds a sentence)")
+            checks = embedding.self_check(tmp, settings)
+        else:
+            log("checking the export (IR, tokenizer round trip, one token)")
+            checks = self_check(tmp)
         weights = weight_summary(tmp / "openvino_model.xml")
         # Layers whose width the group size does not divide got a smaller group: say which were used.
         adjusted = sorted({int(k.split()[-1]) for k in weights if k.startswith("int4 group")} - {recipe.group_size})
-        spec = source.name if source.kind == "wheel" else source.location
+        shipped = source.kind == "wheel" or source.identity.startswith("wheel:")  # named by its alias
+        spec = source.name if shipped else source.location
+        task = embedding.EMBEDDING_TASK if encoder else EXPORT_TASK
         info = {
+            "kind": plan.kind,
             "source": {"spec": spec, "kind": source.kind, "identity": source.identity},
-            "recipe": {**asdict(recipe), "task": EXPORT_TASK, "adjusted_group_sizes": adjusted},
+            "recipe": {**asdict(recipe), "task": task, "adjusted_group_sizes": adjusted},
             "weights": weights,
             "checks": checks,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -272,7 +285,9 @@ def _export_locked(source: catalog.Source, target: Path, plan: _Plan, converter:
         if cost is not None:
             info["export_estimate"] = {"peak_memory_gb": round(cost.peak_bytes / estimate.GB, 2),
                                        "seconds": round(cost.seconds)}
-        quality = _quality_check(tmp, hf_dir, recipe, plan.check, log)
+        if encoder:
+            info["embedding"] = settings  # how the pipeline pools: read at load, no sentence-transformers needed
+        quality = None if encoder else _quality_check(tmp, hf_dir, recipe, plan.check, log)
         if quality is not None:
             info["quality_check"] = quality
         manifest.write(tmp, info)
@@ -310,8 +325,14 @@ def _quality_check(folder: Path, hf_dir: Path, recipe: Recipe, check: bool | Non
     return result
 
 
-def _recipe_for(source: catalog.Source, given: dict, log: Log = print_nothing) -> Recipe:
+def _recipe_for(source: catalog.Source, given: dict, log: Log = print_nothing, kind: str | None = None) -> Recipe:
     """The fields given over the default for the source's size (counted without a download where it can be)."""
+    if (kind or catalog.kind(source)) == "embedding":
+        extra = [name for name in FIELDS if name != "weight_format" and given.get(name) is not None]
+        if extra:
+            verb = "applies" if len(extra) == 1 else "apply"
+            raise OvchatError(f"{', '.join(extra)} {verb} to a chat model's int4 weights, not to an embedding model")
+        return embedding.recipe(given.get("weight_format"))
     if all(given.get(name) is not None for name in FIELDS):
         return with_defaults(None, **given)  # every field given: the size changes nothing
     size = catalog.parameters(source)
@@ -328,8 +349,10 @@ def ensure_exported(model: str, recipe: Recipe | None = None, log: Log = print_n
     source = catalog.resolve(model)
     if source.kind == "exported":
         return Path(source.location)
-    recipe = recipe or _recipe_for(source, {}, log)
+    kind = catalog.kind(source)
+    recipe = recipe or _recipe_for(source, {}, log, kind)
     cached = catalog.export_dir(source, recipe.tag)
     if manifest.read(cached) is not None:
         return cached  # the common case, quietly
-    return export(model, **asdict(recipe), log=log)
+    fields = asdict(recipe) if kind == "chat" else {"weight_format": recipe.weight_format}
+    return export(model, **fields, log=log)

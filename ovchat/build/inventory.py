@@ -47,7 +47,8 @@ def exported_models() -> list[dict]:
                 "size_mb": size / 1e6,
                 "recipe": recipe_tag(info.get("recipe", {})),
                 "source": info.get("source", {}).get("spec", "?"),
-                "sampling": _sampling(folder, info),
+                "kind": info.get("kind", "chat"),
+                "sampling": _sampling(folder, info) if info.get("kind", "chat") == "chat" else "",
             }
         )
     return rows

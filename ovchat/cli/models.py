@@ -77,6 +77,7 @@ def models() -> None:
     for entry in catalog.CATALOG.values():
         where = entry.repo_id or f"PyPI {entry.wheel[0]}=={entry.wheel[1]}"
         default = " (default)" if entry.alias == catalog.DEFAULT_MODEL else ""
+        default += "; an embedding model (serve --embedding-model)" if entry.kind == "embedding" else ""
         card = ""
         if entry.sampling is not None:
             card = f"; its card's chat sampling: {SamplingParams(**entry.sampling).summary()}"
@@ -87,7 +88,7 @@ def models() -> None:
         click.echo("  (none yet: `ovchat export MODEL` or any command with --model makes one)")
     for row in rows:
         click.echo(f"  {row['folder']:<52} {row['size_mb']:>8.1f} MB  {row['recipe']:<22} {row['source']}")
-        click.echo(f"    chat sampling: {row['sampling']}")
+        click.echo(f"    chat sampling: {row['sampling']}" if row["kind"] == "chat" else f"    {row['kind']} model")
     click.echo(
         "\nChat sampling is what `chat`, `serve` and the chat page use unless told otherwise (`generate` is greedy):"
         "\nthe model's generation_config.json where it samples, else its model card's, else ovchat's default."

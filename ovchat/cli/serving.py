@@ -96,8 +96,19 @@ from .options import (
     hidden=True,
     help="Seconds without a token before a keep-alive comment.",
 )
+@click.option(
+    "--embedding-model",
+    help="Also serve this embedding model (an alias such as all-minilm-l6-v2, a folder or a hub id) at "
+    "/v1/embeddings and /api/embed.",
+)
 def serve(
-    model: str, device: str, cache_dir: str | None, allowed_hosts: tuple, cors_origins: tuple, **settings
+    model: str,
+    device: str,
+    cache_dir: str | None,
+    allowed_hosts: tuple,
+    cors_origins: tuple,
+    embedding_model: str | None,
+    **settings,
 ) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...),
     with a chat page for the browser at http://HOST:PORT/.
@@ -114,7 +125,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = Settings(allowed_hosts=list(allowed_hosts), cors_origins=list(cors_origins), **settings)
-    sys.exit(run_server(model, device, config, cache_dir=cache_dir, log=_log))
+    sys.exit(run_server(model, device, config, cache_dir=cache_dir, embedding_model=embedding_model, log=_log))
 
 
 @click.command()

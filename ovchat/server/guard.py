@@ -84,7 +84,8 @@ def _route_label(path: str) -> str:
         return "/v1/models/{id}"
     if path.startswith("/ui/"):
         return "/ui/{file}"
-    known = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages"}
+    known = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages",
+             "/v1/embeddings"}
     if path.startswith("/api/") and path.count("/") == 2:  # Ollama's routes: /api/chat, /api/tags, ...
         return path
     return path if path in known else "other"

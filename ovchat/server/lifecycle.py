@@ -14,8 +14,9 @@ import uvicorn
 
 from .. import runtime
 from ..config import SERVE_KV_CACHE_RAM_SHARE
+from ..embeddings import Embedder
 from ..errors import OvchatError, describe
-from ..loader import prepare
+from ..loader import load_embedder, prepare
 from ..precision import Precision, not_batch_invariant
 from ..precision import choose as choose_precision
 from .batching import BatchEngine
@@ -51,9 +52,16 @@ def _scheduler(served: Served, settings: Settings, kv_cache_precision: str) -> d
 
 
 def serve(
-    model: str, device: str, settings: Settings, *, cache_dir: str | None = None, log: Callable[[str], None] = print
+    model: str,
+    device: str,
+    settings: Settings,
+    *,
+    cache_dir: str | None = None,
+    embedding_model: str | None = None,
+    log: Callable[[str], None] = print,
 ) -> int:
-    """Run the server until SIGINT/SIGTERM; returns the exit code (0 after a clean shutdown)."""
+    """Run the server until SIGINT/SIGTERM; returns the exit code (0 after a clean shutdown). An
+    `embedding_model` is served beside the chat model (/v1/embeddings, /api/embed)."""
     if not is_loopback(settings.host) and not settings.api_key and not settings.allow_insecure:
         raise OvchatError(
             f"listening on {settings.host} without an API key would let anyone on the network use this machine; "
@@ -64,15 +72,17 @@ def serve(
     chosen = choose_precision(device, settings.precision, settings.kv_cache_precision, purpose=purpose)
     path, info = prepare(model, device, log=log)
     served = Served.load(path, info, settings.context_length)
+    embedder = load_embedder(embedding_model, device=device, log=log) if embedding_model else None
     sock = _bind(settings.host, settings.port)
     try:
-        return _serve_on(sock, path, device, served, settings, chosen, cache_dir, log)
+        return _serve_on(sock, path, device, served, settings, chosen, cache_dir, log, embedder)
     finally:
         sock.close()
 
 
 def _serve_on(
-    sock, path, device: str, served: Served, settings: Settings, chosen: Precision, cache_dir: str | None, log
+    sock, path, device: str, served: Served, settings: Settings, chosen: Precision, cache_dir: str | None, log,
+    embedder: Embedder | None = None,
 ) -> int:
     properties = runtime.runtime_properties(None, cache_dir, chosen)
     scheduler = _scheduler(served, settings, chosen.kv_cache)
@@ -87,10 +97,13 @@ def _serve_on(
         f"({'API key required' if settings.api_key else 'no API key'})"
         + (f"; chat page http://{shown}:{port}/" if settings.web_ui else "")
     )
+    if embedder is not None:
+        log(f"ovchat serve: embeddings from {embedder.name} ({embedder.dimensions} dimensions, up to "
+            f"{embedder.settings['max_length']} tokens a text) at /v1/embeddings and /api/embed")
     if settings.batch_invariant and (why := not_batch_invariant(chosen)):
         log(f"ovchat serve: an answer may change with what else is in the batch ({why})")
     config = uvicorn.Config(
-        create_app(served, batch, settings),
+        create_app(served, batch, settings, embedder),
         log_level="info",
         timeout_graceful_shutdown=settings.shutdown_timeout,
         log_config=None,  # uvicorn's loggers go through ours: stderr, one format, access lines included

@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from . import protocol
+from ..embeddings import Embedder
+from . import embeddings, protocol
 from .api_error import ApiError, dialect_of
 from .batching import BatchEngine
 from .dialects import anthropic, ollama
@@ -45,12 +46,16 @@ async def metrics_text(request: Request):
 
 @router.get("/v1/models")
 async def list_models(request: Request):
-    return {"object": "list", "data": [_serving(request).model_card()]}
+    embedder = request.app.state.embedder
+    extra = [embedding_card(embedder)] if embedder is not None else []
+    return {"object": "list", "data": [_serving(request).model_card(), *extra]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request):
-    serving = _serving(request)
+    serving, embedder = _serving(request), request.app.state.embedder
+    if embedder is not None and model_id in (embedder.name, embedder.path.name):
+        return embedding_card(embedder)
     serving.check_model(model_id)
     return serving.model_card()
 
@@ -69,8 +74,14 @@ async def completions(request: Request):
     return await serving.complete(request, req)
 
 
-def create_app(served: Served, batch: BatchEngine, settings: Settings) -> FastAPI:
-    """The whole HTTP app for one served model and its batch engine (attached to the loop at start-up)."""
+def embedding_card(embedder: Embedder) -> dict:
+    return {"id": embedder.name, "object": "model", "created": embedder.created, "owned_by": "ovchat",
+            "kind": "embedding", "dimensions": embedder.dimensions, "max_input_tokens": embedder.settings["max_length"]}
+
+
+def create_app(served: Served, batch: BatchEngine, settings: Settings, embedder: Embedder | None = None) -> FastAPI:
+    """The whole HTTP app for one served model and its batch engine (attached to the loop at start-up),
+    with an embedding model beside it if given."""
     serving = Serving(served, batch, settings)
 
     @contextlib.asynccontextmanager
@@ -80,12 +91,14 @@ def create_app(served: Served, batch: BatchEngine, settings: Settings) -> FastAP
 
     app = FastAPI(title="ovchat", version=version(), docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.serving = serving
+    app.state.embedder = embedder
     _add_error_handlers(app)
     if settings.web_ui:
         add_page(app)
     app.include_router(router)
     app.include_router(ollama.router)
     app.include_router(anthropic.router)
+    app.include_router(embeddings.router)
     app.add_middleware(Guard, settings=settings, metrics=serving.metrics)
     if settings.cors_origins:  # never a wildcard with credentials
         app.add_middleware(

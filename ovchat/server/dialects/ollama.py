@@ -18,6 +18,7 @@ from ...tools import ToolPlan
 from .. import protocol
 from ..answer import Answer, GenerationFailed, collect
 from ..api_error import ApiError
+from ..embeddings import embed, embedder_of, texts_of
 from ..serving import NO_TOOLS, Serving, log_done
 from .common import read_body, renamed
 
@@ -43,7 +44,11 @@ def _serving(request: Request) -> Serving:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return _time(time.time())
+
+
+def _time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _model(serving: Serving, body: dict) -> str:
@@ -226,19 +231,47 @@ def _details(serving: Serving) -> dict:
             "parameter_size": size, "quantization_level": level}
 
 
+def _listing(name: str, path, created: int, details: dict) -> dict:
+    """A model as /api/tags and /api/ps list it (the digest stands for this export of it)."""
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    digest = hashlib.sha256(f"{path.resolve()}:{created}".encode()).hexdigest()
+    tagged = f"{name}:latest"
+    return {"name": tagged, "model": tagged, "modified_at": _time(created), "size": size, "digest": digest,
+            "details": details}
+
+
 def _card(serving: Serving) -> dict:
     served = serving.served
-    files = [f for f in served.path.iterdir() if f.is_file()]
-    name = f"{served.name}:latest"
-    digest = hashlib.sha256(f"{served.path.resolve()}:{served.created}".encode()).hexdigest()
-    modified = datetime.fromtimestamp(served.created, timezone.utc).isoformat().replace("+00:00", "Z")
-    return {"name": name, "model": name, "modified_at": modified, "size": sum(f.stat().st_size for f in files),
-            "digest": digest, "details": _details(serving)}
+    return _listing(served.name, served.path, served.created, _details(serving))
+
+
+def _embedding_card(embedder) -> dict:
+    details = {"parent_model": "", "format": "openvino", "family": "", "families": [], "parameter_size": "",
+               "quantization_level": ""}
+    return _listing(embedder.name, embedder.path, embedder.created, details)
 
 
 @router.get("/tags")
 async def tags(request: Request):
-    return {"models": [_card(_serving(request))]}
+    embedder = request.app.state.embedder
+    return {"models": [_card(_serving(request))] + ([_embedding_card(embedder)] if embedder else [])}
+
+
+@router.post("/embed")
+async def embed_route(request: Request):
+    """Ollama's /api/embed: one vector a text (unit length, as Ollama's), truncated unless told not to."""
+    serving = _serving(request)
+    body = await read_body(request, serving)
+    name = body.get("model")
+    embedder = embedder_of(request, name.removesuffix(":latest") if isinstance(name, str) else name)
+    if body.get("dimensions") not in (None, embedder.dimensions):
+        raise ApiError(400, f"dimensions: this model's vectors have {embedder.dimensions}", "dimensions")
+    started = time.perf_counter()
+    truncate = body.get("truncate", True) is not False
+    vectors, tokens = await embed(embedder, texts_of(body.get("input")), truncate)
+    ns = int((time.perf_counter() - started) * 1e9)
+    return {"model": name, "embeddings": vectors.tolist(), "total_duration": ns, "load_duration": 0,
+            "prompt_eval_count": tokens}
 
 
 @router.get("/ps")
@@ -266,7 +299,7 @@ async def show(request: Request):
         "model_info": {"general.architecture": family, "general.parameter_count": served.parameter_count(),
                        f"{family}.context_length": served.context_length},
         "capabilities": ["completion", "tools"],
-        "modified_at": _card(serving)["modified_at"],
+        "modified_at": _time(served.created),
     }
 
 
