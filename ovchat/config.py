@@ -40,6 +40,9 @@ SERVE_SHUTDOWN_TIMEOUT = 60.0  # seconds in-flight requests get after a signal
 SERVE_KEEPALIVE_SECONDS = 10.0  # SSE comment lines while a request waits, so proxies keep the stream
 SERVE_STALL_SECONDS = 120.0  # /health says "stalled" when running sequences made no progress this long
 SERVE_KV_CACHE_RAM_SHARE = 1 / 3  # the KV cache's default ceiling: this share of the machine's memory
+SERVE_MEMORY_SHARE = 0.8  # the models a server holds at once stay within this share of memory (--memory-budget-gb)
+SERVE_MAX_LOADED = 3  # chat models loaded at once (--max-loaded)
+SERVE_KEEP_ALIVE_SECONDS = 300.0  # a model loaded on demand is unloaded after this long idle (--keep-alive)
 
 # -- OVMS repositories (`ovchat ovms`) ----------------------------------------------------------------
 OVMS_MAX_NUM_SEQS = 8

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import catalog
+from . import catalog, runtime
 from .config import DEFAULT_DEVICE, LATENCY_CONFIG
 from .errors import OvchatError, describe
 
@@ -96,6 +96,6 @@ def embedder_for(path: Path, info: dict | None, device: str = DEFAULT_DEVICE) ->
     properties = {**LATENCY_CONFIG, "CACHE_DIR": str(catalog.compile_cache_dir())}
     pipeline = open_pipeline(path, device, settings, properties)
     dimensions = int(np.asarray(pipeline.embed_query("a")).shape[-1])
-    name = (info.get("source") or {}).get("spec") or path.name
+    name = runtime.model_name(path, info)
     tokenizer = ov_genai.Tokenizer(str(path))
     return Embedder(name, path, settings, dimensions, pipeline, tokenizer, int(path.stat().st_mtime))

@@ -56,7 +56,13 @@ def context_length(folder: Path) -> int:
 
 
 def model_name(path: Path, info: dict | None) -> str:
-    return (info or {}).get("source", {}).get("spec") or path.name
+    """What a model is called (in answers, in /v1/models): the alias or hub id it was exported from; for a
+    local source, the export's folder name (a path names a machine's layout, not a model)."""
+    spec = (info or {}).get("source", {}).get("spec")
+    local = (info or {}).get("source", {}).get("kind") in ("hf", "gguf")
+    if not spec or (local and "/" in str(spec)):
+        return path.name
+    return spec
 
 
 def verify_folder(path: Path) -> dict | None:

@@ -76,6 +76,9 @@ class FakeBatch:
         job.cancel_reason = job.cancel_reason or why
         self.cancelled.append(why)
 
+    def close(self) -> None:
+        self.state = "closed"
+
     async def _play(self, job: Job) -> None:
         ids = self.script[: job.sampling.max_new_tokens]
         for step, token in enumerate(ids, 1):
@@ -437,7 +440,7 @@ async def test_models(served, batch):
     card = {"id": served.name, "object": "model", "created": served.created, "owned_by": "ovchat",
             "context_length": served.context_length, "max_tokens_limit": Settings().max_tokens_limit,
             "sampling_defaults": CHAT_SAMPLING,
-            "sampling_source": "ovchat's default"}
+            "sampling_source": "ovchat's default", "loaded": True}
     assert listed == {"object": "list", "data": [card]} and one == card
     assert_error(unknown, 404, "model", "model_not_found")
     for answer in wrong:
@@ -460,7 +463,9 @@ async def test_health(served, batch, state, closing, running, idle_for, status, 
     batch.last_progress = time.monotonic() - idle_for
     async with client(served, batch) as http:
         answer = await http.get("/health")
-    assert answer.status_code == status and answer.json() == {"status": shown, "model": served.name}
+    engine = {"state": state, "restarts": 0}
+    expected = {"status": shown, "model": served.name, "models": {served.name: engine}}
+    assert answer.status_code == status and answer.json() == expected
 
 
 async def test_metrics_count_requests_and_tokens(served, batch, hello):

@@ -279,7 +279,7 @@ def _serve_settings(monkeypatch, *flags: str):
 
     seen = {}
 
-    def stand_in(model, device, settings, *, cache_dir=None, embedding_model=None, log=print):
+    def stand_in(model, device, settings, *, cache_dir=None, embedding_model=None, all_exported=False, log=print):
         seen.update(model=model, device=device, settings=settings, cache_dir=cache_dir)
         if embedding_model:
             seen["embedding_model"] = embedding_model
@@ -296,7 +296,8 @@ def test_serve_defaults_are_the_settings_defaults(monkeypatch):
     from ovchat.server import Settings
 
     seen = _serve_settings(monkeypatch)
-    assert seen == {"model": catalog.DEFAULT_MODEL, "device": DEFAULT_DEVICE, "settings": Settings(), "cache_dir": None}
+    expected = {"model": [catalog.DEFAULT_MODEL], "device": DEFAULT_DEVICE, "settings": Settings(), "cache_dir": None}
+    assert seen == expected
 
 
 def test_serve_flags_reach_the_settings(monkeypatch):
@@ -306,11 +307,13 @@ def test_serve_flags_reach_the_settings(monkeypatch):
         monkeypatch, "--host", "0.0.0.0", "--port", "0", "--max-concurrency", "2", "--max-queue", "0",
         "--allowed-host", "a", "--allowed-host", "b", "--cors-origin", "http://c", "--insecure", "--no-web",
         "--sse-keepalive", "0.5", "--no-batch-invariant", "--embedding-model", "all-minilm-l6-v2",
+        "--model", "a", "--model", "b", "--max-loaded", "2", "--keep-alive", "1m30s", "--memory-budget-gb", "6",
     )  # fmt: skip
-    assert seen["embedding_model"] == "all-minilm-l6-v2"
+    assert seen["embedding_model"] == "all-minilm-l6-v2" and seen["model"] == ["a", "b"]
     assert seen["settings"] == Settings(
         host="0.0.0.0", port=0, max_concurrency=2, max_queue=0, allowed_hosts=["a", "b"], cors_origins=["http://c"],
-        allow_insecure=True, web_ui=False, keepalive_seconds=0.5, batch_invariant=False,
+        allow_insecure=True, web_ui=False, keepalive_seconds=0.5, batch_invariant=False, max_loaded=2,
+        keep_alive=90.0, memory_budget_gb=6.0,
     )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .. import catalog
 from ..config import (
     DEFAULT_MAX_NEW_TOKENS,
     OVMS_CACHE_SIZE_GB,
@@ -14,6 +15,7 @@ from ..config import (
     SERVE_HOST,
     SERVE_KEEPALIVE_SECONDS,
     SERVE_MAX_CONCURRENCY,
+    SERVE_MAX_LOADED,
     SERVE_MAX_QUEUE,
     SERVE_PORT,
 )
@@ -29,8 +31,50 @@ from .options import (
 )
 
 
+def _keep_alive(ctx, param, value):
+    from ..server.settings import duration_seconds
+
+    try:
+        seconds = duration_seconds(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return None if seconds < 0 else seconds
+
+
 @click.command()
-@model_option
+@click.option(
+    "--model",
+    "-m",
+    "models",
+    multiple=True,
+    default=[catalog.DEFAULT_MODEL],
+    show_default=True,
+    envvar="OVCHAT_MODEL",
+    help="Alias, folder, .gguf file, exported folder or hub id (env OVCHAT_MODEL). Repeat it to serve several: "
+    "the first loads at start, the others when a request names them.",
+)
+@click.option(
+    "--all-exported", is_flag=True, help="Also serve every chat model already exported to the models directory."
+)
+@click.option(
+    "--max-loaded",
+    type=click.IntRange(1),
+    default=SERVE_MAX_LOADED,
+    show_default=True,
+    help="Chat models loaded at once; loading another unloads the least recently used idle one.",
+)
+@click.option(
+    "--keep-alive",
+    default="5m",
+    show_default=True,
+    callback=_keep_alive,
+    help="How long a model loaded on demand stays loaded when idle (seconds or 5m, 1h; -1: forever).",
+)
+@click.option(
+    "--memory-budget-gb",
+    type=click.FloatRange(min=0.1),
+    help="Memory the loaded models may take together (default: 80% of RAM); a model that cannot fit is refused.",
+)
 @click.option("--host", default=SERVE_HOST, show_default=True, help="Address to listen on (loopback by default).")
 @click.option(
     "--port", "-p", type=click.IntRange(0, 65535), default=SERVE_PORT, show_default=True, help="0 picks a free port."
@@ -102,7 +146,8 @@ from .options import (
     "/v1/embeddings and /api/embed.",
 )
 def serve(
-    model: str,
+    models: tuple[str, ...],
+    all_exported: bool,
     device: str,
     cache_dir: str | None,
     allowed_hosts: tuple,
@@ -125,7 +170,8 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = Settings(allowed_hosts=list(allowed_hosts), cors_origins=list(cors_origins), **settings)
-    sys.exit(run_server(model, device, config, cache_dir=cache_dir, embedding_model=embedding_model, log=_log))
+    sys.exit(run_server(list(models), device, config, cache_dir=cache_dir, embedding_model=embedding_model,
+                        all_exported=all_exported, log=_log))
 
 
 @click.command()

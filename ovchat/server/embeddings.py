@@ -22,11 +22,11 @@ CHUNK = 32  # texts embedded together: a request this big shares the pipeline wi
 def embedder_of(request: Request, name) -> Embedder:
     """The served embedding model, if `name` names it (a chat model's name is a clear 400)."""
     embedder: Embedder | None = request.app.state.embedder
-    serving = request.app.state.serving
+    chat = {n for e in request.app.state.registry.entries for n in (e.name, e.path.name)}
     if embedder is None:
         raise ApiError(404, "this server has no embedding model: start it with --embedding-model all-minilm-l6-v2",
                        "model", "model_not_found")
-    if name in (serving.served.name, serving.served.path.name):
+    if name in chat:
         raise ApiError(400, f"{name!r} is a chat model; the embedding model here is {embedder.name!r}", "model")
     if name is not None and name not in (embedder.name, embedder.path.name):
         shown = name if isinstance(name, str) and len(name) <= 80 else str(name)[:80] + "…"
@@ -65,7 +65,7 @@ async def embed(embedder: Embedder, texts: list[str], truncate: bool = True) -> 
 
 @router.post("/v1/embeddings")
 async def embeddings(request: Request):
-    body = await read_body(request, request.app.state.serving)
+    body = await read_body(request)
     embedder = embedder_of(request, body.get("model"))
     texts = texts_of(body.get("input"))
     encoding = body.get("encoding_format", "float")

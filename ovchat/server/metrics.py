@@ -45,7 +45,10 @@ class Metrics:
             "ovchat_generation_tokens_total": ["Tokens generated.", 0],
             "ovchat_requests_cancelled_total": ["Generations stopped because the client left.", 0],
             "ovchat_loops_stopped_total": ["Answers the loop guard ended: they had started repeating themselves.", 0],
+            "ovchat_model_loads_total": ["Models loaded (at start, on demand, or after their engine ended).", 0],
         }
+        # Per-model values read when scraped: name -> (help, type, read() -> {model: value}).
+        self.per_model: dict[str, tuple[str, str, Callable[[], dict]]] = {}
         self.ttft = Histogram("ovchat_time_to_first_token_seconds", "From arrival to the first token.")
         self.tpot = Histogram("ovchat_time_per_output_token_seconds", "Mean time between tokens, per request.")
 
@@ -62,5 +65,8 @@ class Metrics:
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value}"]
         for name, (help_text, read) in self.gauges.items():
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read()}"]
+        for name, (help_text, kind, read) in self.per_model.items():
+            out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            out += [f'{name}{{model="{model}"}} {value}' for model, value in sorted(read().items())]
         out += self.ttft.lines() + self.tpot.lines()
         return "\n".join(out) + "\n"

@@ -18,9 +18,11 @@ from . import embeddings, protocol
 from .api_error import ApiError, dialect_of
 from .batching import BatchEngine
 from .dialects import anthropic, ollama
-from .dialects.common import read_json
+from .dialects.common import read_json, registry_of
 from .guard import Guard
+from .metrics import Metrics
 from .page import add_page
+from .registry import Entry, Registry
 from .served import Served
 from .serving import Serving, version
 from .settings import Settings
@@ -29,49 +31,62 @@ log = logging.getLogger("ovchat.server")
 router = APIRouter()
 
 
-def _serving(request: Request) -> Serving:
-    return request.app.state.serving
+def _cap(request: Request) -> int:
+    return request.app.state.settings.max_body_bytes
 
 
 @router.get("/health")
 async def health(request: Request):
-    body, status = _serving(request).health()
-    return JSONResponse(body, status_code=status)
+    """200 while the default model is ready (or unloaded, to load on demand); every model's state beside."""
+    registry = registry_of(request)
+    default = registry.default
+    if default.serving is not None:
+        body, status = default.serving.health()
+    else:
+        ok = default.state == "unloaded"
+        body, status = {"status": "ok" if ok else default.state, "model": default.name}, 200 if ok else 503
+    return JSONResponse({**body, "models": registry.states()}, status_code=status)
 
 
 @router.get("/metrics")
 async def metrics_text(request: Request):
-    return PlainTextResponse(_serving(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _card(entry: Entry) -> dict:
+    if entry.serving is not None:
+        return {**entry.serving.model_card(), "loaded": True}
+    created = int(entry.path.stat().st_mtime) if entry.path.exists() else 0
+    return {"id": entry.name, "object": "model", "created": created, "owned_by": "ovchat", "loaded": False}
 
 
 @router.get("/v1/models")
 async def list_models(request: Request):
     embedder = request.app.state.embedder
     extra = [embedding_card(embedder)] if embedder is not None else []
-    return {"object": "list", "data": [_serving(request).model_card(), *extra]}
+    return {"object": "list", "data": [_card(e) for e in registry_of(request).entries] + extra}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request):
-    serving, embedder = _serving(request), request.app.state.embedder
+    embedder = request.app.state.embedder
     if embedder is not None and model_id in (embedder.name, embedder.path.name):
         return embedding_card(embedder)
-    serving.check_model(model_id)
-    return serving.model_card()
+    return _card(registry_of(request).find(model_id))
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request):
-    serving = _serving(request)
-    req = protocol.parse(protocol.ChatRequest, await read_json(request, serving.settings.max_body_bytes))
-    return await serving.chat(request, req)
+    req = protocol.parse(protocol.ChatRequest, await read_json(request, _cap(request)))
+    async with registry_of(request).lease(req.model) as serving:
+        return await serving.chat(request, req)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request):
-    serving = _serving(request)
-    req = protocol.parse(protocol.CompletionRequest, await read_json(request, serving.settings.max_body_bytes))
-    return await serving.complete(request, req)
+    req = protocol.parse(protocol.CompletionRequest, await read_json(request, _cap(request)))
+    async with registry_of(request).lease(req.model) as serving:
+        return await serving.complete(request, req)
 
 
 def embedding_card(embedder: Embedder) -> dict:
@@ -79,18 +94,34 @@ def embedding_card(embedder: Embedder) -> dict:
             "kind": "embedding", "dimensions": embedder.dimensions, "max_input_tokens": embedder.settings["max_length"]}
 
 
-def create_app(served: Served, batch: BatchEngine, settings: Settings, embedder: Embedder | None = None) -> FastAPI:
-    """The whole HTTP app for one served model and its batch engine (attached to the loop at start-up),
-    with an embedding model beside it if given."""
-    serving = Serving(served, batch, settings)
+def single(served: Served, batch: BatchEngine, settings: Settings) -> Registry:
+    """A registry of one model whose engine is already started (nothing loads or unloads on demand)."""
+    entry = Entry(served.name, served.path, pinned=True, served=served, batch=batch, state="ready")
+    registry = Registry([entry], settings, Metrics({}), maker=None)
+    entry.serving = Serving(served, batch, settings, registry.metrics)
+    return registry
 
+
+def create_app(
+    served: Served | None,
+    batch: BatchEngine | None,
+    settings: Settings,
+    embedder: Embedder | None = None,
+    registry: Registry | None = None,
+) -> FastAPI:
+    """The whole HTTP app: for one served model and its started engine, or for a `registry` of models
+    loaded on demand; with an embedding model beside them if given."""
+    registry = registry or single(served, batch, settings)
+    metrics = registry.metrics
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batch.attach(asyncio.get_running_loop())
+        watcher = registry.attach(asyncio.get_running_loop())
         yield
+        if watcher is not None:
+            watcher.cancel()
 
     app = FastAPI(title="ovchat", version=version(), docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.serving = serving
+    app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
     app.state.embedder = embedder
     _add_error_handlers(app)
     if settings.web_ui:
@@ -99,7 +130,7 @@ def create_app(served: Served, batch: BatchEngine, settings: Settings, embedder:
     app.include_router(ollama.router)
     app.include_router(anthropic.router)
     app.include_router(embeddings.router)
-    app.add_middleware(Guard, settings=settings, metrics=serving.metrics)
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
     if settings.cors_origins:  # never a wildcard with credentials
         app.add_middleware(
             CORSMiddleware,

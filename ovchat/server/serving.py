@@ -38,15 +38,10 @@ NO_TOOLS = ToolPlan(())
 class Serving:
     """The served model as the routes see it: its card and health, and answers to parsed requests."""
 
-    def __init__(self, served: Served, batch: BatchEngine, settings: Settings):
+    def __init__(self, served: Served, batch: BatchEngine, settings: Settings, metrics: Metrics | None = None):
         self.served, self.batch, self.settings = served, batch, settings
         self.fingerprint = f"ovchat-{version()}"
-        self.metrics = Metrics(
-            {
-                "ovchat_requests_running": ("Requests generating in the engine.", lambda: len(batch.running)),
-                "ovchat_queue_depth": ("Requests waiting for a slot.", lambda: len(batch.waiting)),
-            }
-        )
+        self.metrics = metrics or Metrics({})  # the server's, shared by every model it serves
         batch.observers.append(self._observe)
 
     def _observe(self, job: Job, finish: str) -> None:

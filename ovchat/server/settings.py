@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from ..config import (
     DEFAULT_MAX_NEW_TOKENS,
     SERVE_HOST,
+    SERVE_KEEP_ALIVE_SECONDS,
     SERVE_KEEPALIVE_SECONDS,
     SERVE_MAX_BODY_BYTES,
     SERVE_MAX_CONCURRENCY,
+    SERVE_MAX_LOADED,
     SERVE_MAX_QUEUE,
     SERVE_PORT,
     SERVE_SHUTDOWN_TIMEOUT,
@@ -39,6 +42,30 @@ class Settings:
     keepalive_seconds: float = SERVE_KEEPALIVE_SECONDS
     allow_insecure: bool = False
     web_ui: bool = True  # the chat page at `/`
+    max_loaded: int = SERVE_MAX_LOADED  # chat models loaded at once
+    keep_alive: float | None = SERVE_KEEP_ALIVE_SECONDS  # idle seconds before unloading; None or < 0: never
+    memory_budget_gb: float | None = None  # the loaded models' memory at most (default: a share of RAM)
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def duration_seconds(given) -> float:
+    """Seconds from a number or a duration as Ollama writes them ("300", "5m", "1h30m", "-1");
+    ValueError if it is neither."""
+    if isinstance(given, bool):
+        raise ValueError(f"{given!r} is not a duration")
+    if isinstance(given, (int, float)):
+        return float(given)
+    text = str(given).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if not re.fullmatch(r"-?(?:\d+(?:\.\d+)?(?:ms|s|m|h))+", text):
+        raise ValueError(f"{text!r} is not a duration (seconds, or like 5m, 1h, -1)")
+    seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text))
+    return -seconds if text.startswith("-") else seconds
 
 
 def is_loopback(host: str) -> bool:

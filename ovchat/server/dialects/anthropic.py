@@ -16,14 +16,10 @@ from .. import protocol
 from ..answer import Answer, GenerationFailed, collect
 from ..api_error import ApiError
 from ..serving import Serving, log_done
-from .common import read_body, renamed
+from .common import read_body, registry_of, renamed
 
 router = APIRouter(prefix="/v1/messages")
 _CHOICES = {"auto": "auto", "any": "required", "none": "none"}
-
-
-def _serving(request: Request) -> Serving:
-    return request.app.state.serving
 
 
 def _text(content, where: str) -> str:
@@ -103,12 +99,9 @@ def _tools(body: dict) -> dict:
     return fields
 
 
-def _request(serving: Serving, body: dict, counting: bool = False) -> protocol.ChatRequest:
+def _request(body: dict, counting: bool = False) -> protocol.ChatRequest:
     """ovchat's chat request for an Anthropic one, every problem named in Anthropic's terms."""
-    if not isinstance(body.get("model"), str):
-        raise ApiError(400, "model: field required (see /v1/models)", "model")
-    serving.check_model(body["model"])
-    fields = {"model": body["model"], "messages": _messages(body), **_tools(body)}
+    fields = {"model": _model(body), "messages": _messages(body), **_tools(body)}
     if not counting:
         if "max_tokens" not in body:
             raise ApiError(400, "max_tokens: field required", "max_tokens")
@@ -125,13 +118,23 @@ def _request(serving: Serving, body: dict, counting: bool = False) -> protocol.C
         return protocol.parse(protocol.ChatRequest, fields)
 
 
+def _model(body: dict) -> str:
+    if not isinstance(body.get("model"), str):
+        raise ApiError(400, "model: field required (see /v1/models)", "model")
+    return body["model"]
+
+
 @router.post("")
 async def messages(request: Request):
-    serving = _serving(request)
-    body = await read_body(request, serving)
-    req = _request(serving, body)
-    ids, plan, constraint = await serving.chat_input(req)
-    answer = await serving.admit(req, ids, True, constraint)
+    body = await read_body(request)
+    req = _request(body)  # checked before a model is loaded for it
+    async with registry_of(request).lease(req.model) as serving:
+        ids, plan, constraint = await serving.chat_input(req)
+        answer = await serving.admit(req, ids, True, constraint)
+    return await _reply(request, serving, body, answer, ids, plan)
+
+
+async def _reply(request: Request, serving: Serving, body: dict, answer: Answer, ids: list[int], plan: ToolPlan):
     rid = "msg_" + uuid.uuid4().hex[:24]
     if body.get("stream"):
         return StreamingResponse(
@@ -149,8 +152,9 @@ async def messages(request: Request):
 
 @router.post("/count_tokens")
 async def count_tokens(request: Request):
-    serving = _serving(request)
-    ids = (await serving.chat_input(_request(serving, await read_body(request, serving), counting=True)))[0]
+    req = _request(await read_body(request), counting=True)
+    async with registry_of(request).lease(req.model) as serving:
+        ids = (await serving.chat_input(req))[0]
     return {"input_tokens": len(ids)}
 
 

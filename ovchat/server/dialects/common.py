@@ -29,9 +29,14 @@ async def read_json(request: Request, cap: int):
         raise ApiError(400, f"the body is not valid JSON ({reason})") from None
 
 
-async def read_body(request: Request, serving) -> dict:
+def registry_of(request: Request):
+    """The server's chat models (ovchat.server.registry.Registry)."""
+    return request.app.state.registry
+
+
+async def read_body(request: Request) -> dict:
     """A dialect's JSON object body (what OpenAI's clients send, others send too, so the same checks)."""
-    body = await read_json(request, serving.settings.max_body_bytes)
+    body = await read_json(request, request.app.state.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
     return body

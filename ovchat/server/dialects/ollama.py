@@ -4,6 +4,7 @@ written back in Ollama's words (NDJSON streaming by default, done/done_reason, d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -19,8 +20,10 @@ from .. import protocol
 from ..answer import Answer, GenerationFailed, collect
 from ..api_error import ApiError
 from ..embeddings import embed, embedder_of, texts_of
-from ..serving import NO_TOOLS, Serving, log_done
-from .common import read_body, renamed
+from ..served import Served
+from ..serving import NO_TOOLS, log_done
+from ..settings import duration_seconds
+from .common import read_body, registry_of, renamed
 
 router = APIRouter(prefix="/api")
 OLLAMA_VERSION = "0.12.0"  # the Ollama API release whose fields these routes answer with
@@ -39,10 +42,6 @@ OPTIONS = {
 NDJSON = "application/x-ndjson"
 
 
-def _serving(request: Request) -> Serving:
-    return request.app.state.serving
-
-
 def _now() -> str:
     return _time(time.time())
 
@@ -51,13 +50,34 @@ def _time(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _model(serving: Serving, body: dict) -> str:
-    """The served model's name for a request naming it as Ollama's clients do ("name" or "name:latest")."""
+def _model(body: dict) -> str:
+    """The model as the request names it, as Ollama's clients do ("name" or "name:latest")."""
     name = body.get("model") if "model" in body else body.get("name")
     if not isinstance(name, str) or not name:
         raise ApiError(400, "model is required: name the model (see /api/tags)", "model")
-    serving.check_model(name.removesuffix(":latest"))
     return name
+
+
+def keep_alive(body: dict) -> float | None:
+    """Ollama's keep_alive in seconds (a number, or a duration like "5m"): negative keeps the model
+    loaded, 0 unloads it once the request is done; None: the server's."""
+    if body.get("keep_alive") is None:
+        return None
+    try:
+        return duration_seconds(body["keep_alive"])
+    except ValueError as exc:
+        raise ApiError(400, f"keep_alive: {exc}", "keep_alive") from None
+
+
+@contextlib.asynccontextmanager
+async def _leased(request: Request, body: dict):
+    """The model's Serving, loaded if need be, and how long loading took (Ollama's load_duration)."""
+    name = _model(body)
+    registry = registry_of(request)
+    entry = registry.find(name.removesuffix(":latest"))
+    started, ready = time.perf_counter(), entry.state == "ready"
+    async with registry.lease(entry.name, keep_alive(body)) as serving:
+        yield serving, 0.0 if ready else time.perf_counter() - started
 
 
 def _common(body: dict) -> dict:
@@ -123,13 +143,13 @@ def _parse(model: type, fields: dict, body: dict):
         return protocol.parse(model, fields)
 
 
-def _durations(answer: Answer, prompt_tokens: int, started: float) -> dict:
+def _durations(answer: Answer, prompt_tokens: int, started: float, loading: float) -> dict:
     job = answer.job
     first, last = job.first_token or job.submitted, job.last_token or job.submitted
     ns = 1_000_000_000
     return {
-        "total_duration": int((time.perf_counter() - started) * ns),
-        "load_duration": 0,
+        "total_duration": int((time.perf_counter() - started + loading) * ns),
+        "load_duration": int(loading * ns),
         "prompt_eval_count": prompt_tokens,
         "prompt_eval_duration": int((first - job.submitted) * ns),
         "eval_count": answer.tokens,
@@ -139,46 +159,52 @@ def _durations(answer: Answer, prompt_tokens: int, started: float) -> dict:
 
 @router.post("/chat")
 async def chat(request: Request):
-    serving = _serving(request)
-    body = await read_body(request, serving)
-    name = _model(serving, body)
-    fields = {**_common(body), "model": serving.served.name, "messages": _messages(body.get("messages"))}
+    body = await read_body(request)
+    name = _model(body)
+    fields = {**_common(body), "messages": _messages(body.get("messages"))}
     if body.get("tools"):
         fields["tools"] = body["tools"]
     if "tool_choice" in body:  # not Ollama's: ovchat's, as in its OpenAI API (small models rarely call on "auto")
         fields["tool_choice"] = body["tool_choice"]
-    req = _parse(protocol.ChatRequest, fields, body)
-    ids, plan, constraint = await serving.chat_input(req)
-    answer = await serving.admit(req, ids, True, constraint, "options.num_predict")
-    return await _answer(request, serving, answer, ids, plan, name, body.get("stream", True), chat=True)
+    req = _parse(protocol.ChatRequest, fields, body)  # checked before a model is loaded for it
+    async with _leased(request, body) as (serving, loading):
+        ids, plan, constraint = await serving.chat_input(req)
+        answer = await serving.admit(req, ids, True, constraint, "options.num_predict")
+    return await _answer(request, serving, answer, ids, plan, name, body.get("stream", True), loading, chat=True)
 
 
 @router.post("/generate")
 async def generate(request: Request):
-    serving = _serving(request)
-    body = await read_body(request, serving)
-    name = _model(serving, body)
-    prompt, system = body.get("prompt") or "", body.get("system")
-    fields = {**_common(body), "model": serving.served.name}
-    if not prompt:  # Ollama's way to load a model: nothing to generate
-        return {"model": name, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
-    if body.get("raw"):  # the prompt as is, no chat template
+    body = await read_body(request)
+    name = _model(body)
+    prompt, system, raw = body.get("prompt") or "", body.get("system"), bool(body.get("raw"))
+    fields = _common(body)
+    if not prompt:  # Ollama's way to load (or, with keep_alive 0, unload) a model: nothing to generate
+        async with _leased(request, body) as (_, loading):
+            pass
+        reason = "unload" if keep_alive(body) == 0 else "load"
+        return {"model": name, "created_at": _now(), "response": "", "done": True, "done_reason": reason,
+                "load_duration": int(loading * 1e9)}
+    if raw:  # the prompt as is, no chat template
         if "response_format" in fields:
             raise ApiError(400, "format needs the chat template: send it without raw", "format")
         req = _parse(protocol.CompletionRequest, {**fields, "prompt": prompt}, body)
-        ids, plan, chat_mode = await serving.completion_input(req), NO_TOOLS, False
-        answer = await serving.admit(req, ids, False, None, "options.num_predict")
     else:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         req = _parse(protocol.ChatRequest, {**fields, "messages": messages}, body)
-        ids, plan, constraint = await serving.chat_input(req)
-        answer = await serving.admit(req, ids, True, constraint, "options.num_predict")
-        chat_mode = True
-    return await _answer(request, serving, answer, ids, plan, name, body.get("stream", True), chat=chat_mode,
-                         generate=True)
+    async with _leased(request, body) as (serving, loading):
+        if raw:
+            ids, plan = await serving.completion_input(req), NO_TOOLS
+            answer = await serving.admit(req, ids, False, None, "options.num_predict")
+        else:
+            ids, plan, constraint = await serving.chat_input(req)
+            answer = await serving.admit(req, ids, True, constraint, "options.num_predict")
+    return await _answer(request, serving, answer, ids, plan, name, body.get("stream", True), loading,
+                         chat=not raw, generate=True)
 
 
-async def _answer(request, serving, answer, ids, plan: ToolPlan, name, stream, chat: bool, generate: bool = False):
+async def _answer(request, serving, answer, ids, plan: ToolPlan, name, stream, loading: float, chat: bool,
+                  generate: bool = False):
     started = answer.job.submitted
     rid = "ollama-" + uuid.uuid4().hex[:24]
 
@@ -192,7 +218,7 @@ async def _answer(request, serving, answer, ids, plan: ToolPlan, name, stream, c
 
     def last(finish: str) -> dict:
         reason = "length" if finish == "length" else "stop"
-        return {"done": True, "done_reason": reason, **_durations(answer, len(ids), started)}
+        return {"done": True, "done_reason": reason, **_durations(answer, len(ids), started, loading)}
 
     if stream is False:
         text, finish, _ = await collect(request, answer, plan)
@@ -220,8 +246,7 @@ async def _answer(request, serving, answer, ids, plan: ToolPlan, name, stream, c
     return StreamingResponse(lines(), media_type=NDJSON)
 
 
-def _details(serving: Serving) -> dict:
-    served = serving.served
+def _details(served: Served) -> dict:
     family = served.config.get("model_type", "")
     recipe = (served.info or {}).get("recipe", {})
     count = served.parameter_count()
@@ -240,9 +265,8 @@ def _listing(name: str, path, created: int, details: dict) -> dict:
             "details": details}
 
 
-def _card(serving: Serving) -> dict:
-    served = serving.served
-    return _listing(served.name, served.path, served.created, _details(serving))
+def _card(served: Served) -> dict:
+    return _listing(served.name, served.path, served.created, _details(served))
 
 
 def _embedding_card(embedder) -> dict:
@@ -253,15 +277,16 @@ def _embedding_card(embedder) -> dict:
 
 @router.get("/tags")
 async def tags(request: Request):
-    embedder = request.app.state.embedder
-    return {"models": [_card(_serving(request))] + ([_embedding_card(embedder)] if embedder else [])}
+    """Every model this server can answer with, loaded or not."""
+    registry, embedder = registry_of(request), request.app.state.embedder
+    cards = [_card(await registry.served_of(entry)) for entry in registry.entries]
+    return {"models": cards + ([_embedding_card(embedder)] if embedder else [])}
 
 
 @router.post("/embed")
 async def embed_route(request: Request):
     """Ollama's /api/embed: one vector a text (unit length, as Ollama's), truncated unless told not to."""
-    serving = _serving(request)
-    body = await read_body(request, serving)
+    body = await read_body(request)
     name = body.get("model")
     embedder = embedder_of(request, name.removesuffix(":latest") if isinstance(name, str) else name)
     if body.get("dimensions") not in (None, embedder.dimensions):
@@ -276,18 +301,22 @@ async def embed_route(request: Request):
 
 @router.get("/ps")
 async def ps(request: Request):
-    card = _card(_serving(request))
-    # Loaded for as long as the server runs: no keep-alive unloads a single served model.
-    return {"models": [{**card, "expires_at": "9999-12-31T23:59:59Z", "size_vram": 0}]}
+    """The models loaded now, and when each is unloaded if nothing asks for it (Ollama's expires_at)."""
+    registry, out = registry_of(request), []
+    for entry in registry.loaded():
+        keep = registry.keep_alive_of(entry)
+        until = "9999-12-31T23:59:59Z" if keep is None or keep < 0 else _time(
+            time.time() + max(keep - (time.monotonic() - entry.last_used), 0))
+        out.append({**_card(entry.served), "expires_at": until, "size_vram": 0})
+    return {"models": out}
 
 
 @router.post("/show")
 async def show(request: Request):
     from ...tool_formats import chat_template
 
-    serving = _serving(request)
-    _model(serving, await read_body(request, serving))
-    served = serving.served
+    registry = registry_of(request)
+    served = await registry.served_of(registry.find(_model(await read_body(request)).removesuffix(":latest")))
     family = served.config.get("model_type", "")
     sampling = served.sampling
     parameters = f"temperature {sampling.temperature}\ntop_p {sampling.top_p}\ntop_k {sampling.top_k}"
@@ -295,7 +324,7 @@ async def show(request: Request):
         "modelfile": f"# served by ovchat from {served.path.name}\nFROM {served.name}\n",
         "parameters": parameters,
         "template": chat_template(served.path, served.tokenizer) or "",
-        "details": _details(serving),
+        "details": _details(served),
         "model_info": {"general.architecture": family, "general.parameter_count": served.parameter_count(),
                        f"{family}.context_length": served.context_length},
         "capabilities": ["completion", "tools"],
