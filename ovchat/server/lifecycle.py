@@ -89,6 +89,8 @@ def _entries(models: list[str], all_exported: bool, device: str, log) -> list[En
     for i, spec in enumerate(models):
         path, info = prepare(spec, device, log=log)
         name = runtime.model_name(path, info)
+        if name in seen:  # another export of the same model (another recipe): called by its folder
+            name = path.name
         if name in seen:
             raise OvchatError(f"--model {spec} names {name} a second time")
         seen.add(name)
@@ -97,7 +99,8 @@ def _entries(models: list[str], all_exported: bool, device: str, log) -> list[En
         path = Path(row["path"])
         if row["kind"] == "chat" and row["source"] not in seen and path not in {e.path for e in entries}:
             info = runtime.verify_folder(path)
-            entries.append(Entry(runtime.model_name(path, info), path, info))
+            name = runtime.model_name(path, info)
+            entries.append(Entry(path.name if name in seen else name, path, info))
             seen.add(entries[-1].name)
     return entries
 
