@@ -199,29 +199,35 @@ class Registry:
         """Forever: unload idle models past their keep-alive; restart dead engines, with backoff."""
         while True:
             await asyncio.sleep(period)
-            now = time.monotonic()
-            for entry in list(self.entries):
-                batch = entry.batch
-                if batch is not None and batch.state == "broken" and entry.state == "ready":
-                    entry.restarts += 1
-                    entry.problem = batch.problem
+            try:
+                await self._tend(time.monotonic())
+            except Exception:  # the watcher must outlive any one surprise: it keeps every model going
+                log.exception("the model watcher hit an error; it goes on")
+
+    async def _tend(self, now: float) -> None:
+        """One look at every model: restart the dead, unload the idle past their keep-alive."""
+        for entry in list(self.entries):
+            batch = entry.batch
+            if batch is not None and batch.state == "broken" and entry.state == "ready":
+                entry.restarts += 1
+                entry.problem = batch.problem
+                entry.state = "restarting"
+                entry.retry_at = now + min(2.0 ** (entry.restarts - 1), MAX_BACKOFF)
+                log.warning("the engine of %s ended (%s); restart %d in %.0f s", entry.name, batch.problem,
+                            entry.restarts, entry.retry_at - now)
+                await self.unload(entry, "its engine ended")
+            elif entry.state == "restarting" and now >= entry.retry_at:
+                entry.state = "unloaded"
+                try:
+                    await self._ensure_loaded(entry)
+                except ApiError as exc:
                     entry.state = "restarting"
-                    entry.retry_at = now + min(2.0 ** (entry.restarts - 1), MAX_BACKOFF)
-                    log.warning("the engine of %s ended (%s); restart %d in %.0f s", entry.name, batch.problem,
-                                entry.restarts, entry.retry_at - now)
-                    await self.unload(entry, "its engine ended")
-                elif entry.state == "restarting" and now >= entry.retry_at:
-                    entry.state = "unloaded"
-                    try:
-                        await self._ensure_loaded(entry)
-                    except ApiError as exc:
-                        entry.state = "restarting"
-                        entry.retry_at = now + min(2.0 ** entry.restarts, MAX_BACKOFF)
-                        log.warning("restarting %s failed: %s", entry.name, exc.message)
-                elif batch is not None and entry.state == "ready" and entry.idle():
-                    keep = self.keep_alive_of(entry)
-                    if keep is not None and keep >= 0 and now - entry.last_used >= keep:
-                        await self.unload(entry, f"idle for {keep:g} s")
+                    entry.retry_at = now + min(2.0 ** entry.restarts, MAX_BACKOFF)
+                    log.warning("restarting %s failed: %s", entry.name, exc.message)
+            elif batch is not None and entry.state == "ready" and entry.idle():
+                keep = self.keep_alive_of(entry)
+                if keep is not None and keep >= 0 and now - entry.last_used >= keep:
+                    await self.unload(entry, f"idle for {keep:g} s")
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task | None:
         """Deliver the started engines' messages on `loop`; with a maker, load the default model and watch
