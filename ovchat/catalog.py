@@ -196,8 +196,26 @@ def kind(source: Source) -> str:
     entry = CATALOG.get(source.name) if source.identity.startswith("wheel:") else entry_for(None, source.identity)
     if entry is not None:
         return entry.kind
+    if source.kind == "hub":  # an export of it says, without the network; else its files, downloaded to export
+        exported = _exported_kind(source.identity)
+        if exported:
+            return exported
     folder = materialize(source) if source.kind == "hub" else Path(source.location)
     return "embedding" if folder.is_dir() and is_embedding_folder(folder) else "chat"
+
+
+def _exported_kind(identity: str) -> str | None:
+    """The kind an earlier export of this source recorded, if there is one in the models directory."""
+    import json
+
+    for manifest in (models_home() / "models").glob(f"*/{MANIFEST_NAME}"):
+        try:
+            info = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and (info.get("source") or {}).get("identity") == identity:
+            return info.get("kind", "chat")
+    return None
 
 
 def is_embedding_folder(folder: Path) -> bool:

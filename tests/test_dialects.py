@@ -194,6 +194,10 @@ async def test_anthropic_stop_reasons_and_sampling(served, batch):
     assert stopped.content[0].text == "Hello" and stopped.stop_reason == "stop_sequence"
     assert stopped.stop_sequence == " wor"
     assert cut.stop_reason == "max_tokens" and cut.usage.output_tokens == 2
+    # Anthropic's max_tokens is a ceiling: past the context, the answer is clamped (Claude Code sends 32000).
+    async with raw(served, batch) as http:
+        ceiling = await http.post("/v1/messages", json={"model": served.name, "max_tokens": 32000, "messages": HI})
+    assert ceiling.status_code == 200 and ceiling.json()["content"][0]["text"] == "Hello world!"
     sampled = batch.sampling[0]
     assert (sampled.temperature, sampled.top_p, sampled.top_k, sampled.stop) == (0.3, 0.8, 5, ("xyz", " wor"))
 

@@ -60,8 +60,9 @@ def folders(tiny_phi3_ov, tiny_phi3_long_ov):
     return {"a": tiny_phi3_ov, "b": tiny_phi3_long_ov}
 
 
-def registry(folders, maker: ScriptedMaker, **options) -> Registry:
-    entries = [Entry(name, path, pinned=name == "a") for name, path in folders.items()]
+def registry(folders, maker: ScriptedMaker, pin: bool = True, **options) -> Registry:
+    """a (the first --model: kept loaded unless `pin` is off) and b."""
+    entries = [Entry(name, path, pinned=pin and name == "a") for name, path in folders.items()]
     settings = Settings()
     return Registry(entries, settings, Metrics({}), maker, **options)
 
@@ -102,13 +103,18 @@ async def test_a_model_loads_when_first_named_and_is_listed_either_way(folders):
 
 async def test_the_least_recently_used_idle_model_makes_room(folders):
     maker = ScriptedMaker({"a": 1, "b": 1})
-    reg = registry(folders, maker, max_loaded=1)
+    reg = registry(folders, maker, pin=False, max_loaded=1)
     await started(reg)
     async with client(reg) as http:
         assert (await ask(http, "b")).status_code == 200  # a is idle: unloaded for b
         assert [e.name for e in reg.loaded()] == ["b"] and maker.batches["a"].state == "closed"
         assert (await ask(http, "a")).status_code == 200
     assert maker.started == ["a", "b", "a"] and reg.metrics.counters["ovchat_model_loads_total"][1] == 3
+    kept = registry(folders, ScriptedMaker({"a": 1, "b": 1}), max_loaded=1)  # a named first: never unloaded
+    await started(kept)
+    async with client(kept) as http:
+        refused = await ask(http, "b")
+    assert refused.status_code == 503 and "--max-loaded" in refused.json()["error"]["message"]
 
 
 async def test_a_busy_model_is_never_unloaded_for_another(folders):
@@ -131,7 +137,7 @@ async def test_a_busy_model_is_never_unloaded_for_another(folders):
 
 async def test_the_memory_budget(folders):
     maker = ScriptedMaker({"a": 1, "b": 3})
-    reg = registry(folders, maker, max_loaded=3, budget_bytes=3.5 * GB)
+    reg = registry(folders, maker, pin=False, max_loaded=3, budget_bytes=3.5 * GB)
     await started(reg)
     async with client(reg) as http:
         fits = await ask(http, "b")  # 1 + 3 > 3.5: a (idle) goes
@@ -208,3 +214,29 @@ async def test_a_model_that_cannot_load_is_a_clear_error(folders):
     assert "OpenVINO could not compile it" in answer.json()["error"]["message"]
     assert unknown.status_code == 404 and "'a', 'b'" in unknown.json()["error"]["message"]
     assert reg.states()["b"] == {"state": "failed", "restarts": 0, "problem": "OpenVINO could not compile it"}
+
+
+async def test_requests_are_checked_before_a_model_loads_for_them(folders):
+    maker = ScriptedMaker({"a": 1, "b": 1})
+    reg = registry(folders, maker, max_loaded=2)
+    await started(reg)
+    bad_tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}
+    async with client(reg) as http:
+        refused = await http.post("/v1/chat/completions", json={"model": "b", "messages": HI, "tools": [bad_tool]})
+        counted = await http.post("/v1/messages/count_tokens", json={"model": "b", "messages": HI})
+        # Ollama's unload of a model that is not loaded leaves it so; curl's body without a Content-Type is read.
+        gone = await http.post("/api/generate", content=b'{"model": "b", "prompt": "", "keep_alive": 0}')
+    assert refused.status_code == 400 and counted.status_code == 200 and counted.json()["input_tokens"] > 0
+    assert gone.status_code == 200 and gone.json()["done_reason"] == "unload"
+    assert maker.started == ["a"]  # b was never loaded
+
+
+async def test_a_first_model_past_the_memory_budget_fails_clearly(folders):
+    reg = registry(folders, ScriptedMaker({"a": 9, "b": 1}), budget_bytes=4 * GB)
+    reg.attach(asyncio.get_running_loop())
+    for _ in range(200):
+        if reg.default.state == "failed":
+            break
+        await asyncio.sleep(0.01)
+    assert reg.states()["a"]["state"] == "failed"  # the server stops with this line
+    assert "needs about 9.0 GB" in reg.default.problem and "--memory-budget-gb" in reg.default.problem

@@ -26,6 +26,8 @@ def embedder_of(request: Request, name) -> Embedder:
     if embedder is None:
         raise ApiError(404, "this server has no embedding model: start it with --embedding-model all-minilm-l6-v2",
                        "model", "model_not_found")
+    if name is not None and not isinstance(name, str):
+        raise ApiError(400, "model: must be a string", "model")
     if name in chat:
         raise ApiError(400, f"{name!r} is a chat model; the embedding model here is {embedder.name!r}", "model")
     if name is not None and name not in (embedder.name, embedder.path.name):

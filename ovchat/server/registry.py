@@ -22,6 +22,7 @@ from .settings import Settings
 log = logging.getLogger("ovchat.server")
 GB = 1e9
 MAX_BACKOFF = 60.0  # seconds between restarts of an engine that keeps dying, at most
+LOAD_TIMEOUT = 900.0  # seconds an engine may take to load before it counts as failed
 
 
 @dataclass
@@ -106,8 +107,23 @@ class Registry:
     async def served_of(self, entry: Entry) -> Served:
         """The model's tokenizer, context and sizes, read without loading its engine."""
         if entry.served is None:
-            entry.served = await asyncio.to_thread(self.maker.served, entry)
+            try:
+                entry.served = await asyncio.to_thread(self.maker.served, entry)
+            except Exception as exc:  # an unreadable folder, a tokenizer OpenVINO refuses
+                raise _failed(entry, str(exc)) from None
         return entry.served
+
+    async def served_for(self, name: str | None) -> tuple[Entry, Served]:
+        """The model `name` names, with its tokenizer and template (no engine started): what a request is
+        checked and tokenized against before a model is loaded for it."""
+        entry = self.find(name)
+        return entry, await self.served_of(entry)
+
+    def expire(self, name: str | None) -> None:
+        """Unload the model once it is idle (Ollama's keep_alive 0 with nothing to generate)."""
+        entry = self.find(name)
+        if entry.batch is not None:
+            entry.keep_alive = 0.0
 
     def keep_alive_of(self, entry: Entry) -> float | None:
         """Seconds idle before `entry` is unloaded; None or negative: never."""
@@ -146,36 +162,46 @@ class Registry:
                 await self._load(entry)
 
     async def _load(self, entry: Entry) -> None:
-        try:
-            await self.served_of(entry)
-        except Exception as exc:  # an unreadable folder, a tokenizer OpenVINO refuses
-            raise _failed(entry, str(exc)) from None
+        await self.served_of(entry)
         entry.need_bytes = need = self.maker.need_bytes(entry)
         if need > self.budget:
-            raise ApiError(507, f"the model {entry.name!r} needs about {need / GB:.1f} GB, more than this server's "
-                           f"memory budget of {self.budget / GB:.1f} GB (--memory-budget-gb)", "model",
-                           "insufficient_memory", kind="server_error")
+            entry.state = "failed"
+            entry.problem = (f"the model {entry.name!r} needs about {need / GB:.1f} GB, more than this server's "
+                             f"memory budget of {self.budget / GB:.1f} GB (--memory-budget-gb)")
+            raise ApiError(507, entry.problem, "model", "insufficient_memory", kind="server_error")
         while len(self.loaded()) >= self.max_loaded or self.used_bytes() + need > self.budget:
-            idle = [e for e in self.loaded() if e is not entry and e.idle()]
+            idle = [e for e in self.loaded() if e is not entry and e.idle() and not e.pinned]
             if not idle:
                 busy = ", ".join(e.name for e in self.loaded())
-                raise ApiError(503, f"no room to load {entry.name!r}: the loaded models ({busy}) are all answering "
-                               "requests; retry shortly", kind="server_error", code="overloaded",
+                raise ApiError(503, f"no room to load {entry.name!r}: the loaded models ({busy}) are answering "
+                               "requests or kept loaded (the first --model); retry shortly, or raise --max-loaded "
+                               "or --memory-budget-gb", kind="server_error", code="overloaded",
                                headers={"Retry-After": "2"})
             await self.unload(min(idle, key=lambda e: e.last_used), "to make room")
         entry.state, started = "loading", time.monotonic()
+        batch = None
         try:
             batch = self.maker.start(entry)
             batch.attach(self.loop or asyncio.get_running_loop())
             while batch.state == "loading":
+                if time.monotonic() - started > LOAD_TIMEOUT:
+                    batch.state, batch.problem = "broken", f"it did not load in {LOAD_TIMEOUT:.0f} s"
+                    break
                 await asyncio.sleep(0.02)
-        except Exception as exc:
+        except BaseException as exc:  # a failed start, or a cancelled one (shutdown): no engine left behind
+            if batch is not None:
+                await asyncio.shield(asyncio.to_thread(batch.close))
+            if not isinstance(exc, Exception):
+                entry.state = "unloaded"
+                raise
             raise _failed(entry, str(exc)) from None
         if batch.state != "ready":
             await asyncio.to_thread(batch.close)
             raise _failed(entry, batch.problem)
         for observe in self.observers:
             batch.observers.append(observe)
+        # Idle time counts from the end of the last answer, not from its start.
+        batch.observers.append(lambda job, finish, e=entry: setattr(e, "last_used", time.monotonic()))
         entry.batch, entry.state, entry.problem = batch, "ready", ""
         entry.serving = Serving(entry.served, batch, self.settings, self.metrics)
         entry.last_used = time.monotonic()
@@ -221,8 +247,9 @@ class Registry:
                 try:
                     await self._ensure_loaded(entry)
                 except ApiError as exc:
+                    entry.restarts += 1  # every try counts: a model that cannot come back waits longer each time
                     entry.state = "restarting"
-                    entry.retry_at = now + min(2.0 ** entry.restarts, MAX_BACKOFF)
+                    entry.retry_at = time.monotonic() + min(2.0 ** (entry.restarts - 1), MAX_BACKOFF)
                     log.warning("restarting %s failed: %s", entry.name, exc.message)
             elif batch is not None and entry.state == "ready" and entry.idle():
                 keep = self.keep_alive_of(entry)

@@ -24,7 +24,7 @@ from .metrics import Metrics
 from .page import add_page
 from .registry import Entry, Registry
 from .served import Served
-from .serving import Serving, version
+from .serving import Serving, chat_input, completion_input, version
 from .settings import Settings
 
 log = logging.getLogger("ovchat.server")
@@ -78,15 +78,21 @@ async def get_model(model_id: str, request: Request):
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request):
     req = protocol.parse(protocol.ChatRequest, await read_json(request, _cap(request)))
-    async with registry_of(request).lease(req.model) as serving:
-        return await serving.chat(request, req)
+    registry = registry_of(request)
+    entry, served = await registry.served_for(req.model)
+    prepared = await chat_input(served, req)  # every check before the model's engine is asked for
+    async with registry.lease(entry.name) as serving:
+        return await serving.chat(request, req, prepared)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request):
     req = protocol.parse(protocol.CompletionRequest, await read_json(request, _cap(request)))
-    async with registry_of(request).lease(req.model) as serving:
-        return await serving.complete(request, req)
+    registry = registry_of(request)
+    entry, served = await registry.served_for(req.model)
+    ids = await completion_input(served, req)
+    async with registry.lease(entry.name) as serving:
+        return await serving.complete(request, req, ids)
 
 
 def embedding_card(embedder: Embedder) -> dict:

@@ -35,6 +35,35 @@ log = logging.getLogger("ovchat.server")
 NO_TOOLS = ToolPlan(())
 
 
+async def chat_input(served: Served, req: ChatRequest) -> tuple[list[int], ToolPlan, dict]:
+    """A chat request's prompt ids, its tool plan and the constraint its answer is generated under: every
+    check that needs the model's tokenizer and template, done before its engine is asked for."""
+    plan = req.tool_plan(served.tool_format)
+    messages = plan.prepare(req.messages_plain())
+    # A long prompt must not stall every stream: templated and tokenized off the event loop.
+    ids = await asyncio.to_thread(_chat_ids, served, messages, plan.template_tools())
+    constraint = plan.constraint() if plan.active else {"json_schema": req.schema()}
+    return ids, plan, constraint
+
+
+async def completion_input(served: Served, req: CompletionRequest) -> list[int]:
+    """A completion request's prompt ids: its text as is (no chat template), or the ids it gave."""
+    if isinstance(req.prompt, str):
+        return await asyncio.to_thread(runtime.encode, served.tokenizer, req.prompt)
+    bad = next((t for t in req.prompt if not 0 <= t < served.vocab_size), None)
+    if bad is not None:
+        raise ApiError(400, f"prompt: token id {bad} is outside the vocabulary (0..{served.vocab_size - 1})", "prompt")
+    return list(req.prompt)
+
+
+def _chat_ids(served: Served, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    try:
+        prompt = runtime.render(served.tokenizer, served.name, messages, tools=tools)
+    except OvchatError as exc:
+        raise ApiError(400, str(exc), "messages") from None
+    return runtime.encode(served.tokenizer, prompt, add_special_tokens=False)
+
+
 class Serving:
     """The served model as the routes see it: its card and health, and answers to parsed requests."""
 
@@ -94,55 +123,13 @@ class Serving:
             "sampling_source": self.served.sampling_source,
         }
 
-    def check_model(self, name: str | None) -> None:
-        served = self.served
-        if name is not None and name not in (served.name, served.path.name):
-            shown = name if len(name) <= 80 else name[:80] + "…"
-            raise ApiError(
-                404,
-                f"the model {shown!r} does not exist here; this server serves {served.name!r}",
-                "model",
-                "model_not_found",
-            )
-
-    # -- requests to token ids ---------------------------------------------------------------------
-    async def chat_input(self, req: ChatRequest) -> tuple[list[int], ToolPlan, dict]:
-        """A chat request's prompt ids, its tool plan and the constraint its answer is generated under."""
-        self.check_model(req.model)
-        plan = req.tool_plan(self.served.tool_format)
-        messages = plan.prepare(req.messages_plain())
-        # A long prompt must not stall every stream: templated and tokenized off the event loop.
-        ids = await asyncio.to_thread(self._chat_ids, messages, plan.template_tools())
-        constraint = plan.constraint() if plan.active else {"json_schema": req.schema()}
-        return ids, plan, constraint
-
-    async def chat(self, request: Request, req: ChatRequest):
-        ids, plan, constraint = await self.chat_input(req)
+    async def chat(self, request: Request, req: ChatRequest, prepared: tuple | None = None):
+        ids, plan, constraint = prepared or await chat_input(self.served, req)
         return await self._generate(request, req, ids, chat=True, plan=plan, constraint=constraint)
 
-    async def completion_input(self, req: CompletionRequest) -> list[int]:
-        """A completion request's prompt ids: its text as is (no chat template), or the ids it gave."""
-        self.check_model(req.model)
-        served = self.served
-        if isinstance(req.prompt, str):
-            return await asyncio.to_thread(runtime.encode, served.tokenizer, req.prompt)
-        bad = next((t for t in req.prompt if not 0 <= t < served.vocab_size), None)
-        if bad is not None:
-            raise ApiError(
-                400, f"prompt: token id {bad} is outside the vocabulary (0..{served.vocab_size - 1})", "prompt"
-            )
-        return list(req.prompt)
-
-    async def complete(self, request: Request, req: CompletionRequest):
-        ids = await self.completion_input(req)
+    async def complete(self, request: Request, req: CompletionRequest, ids: list[int] | None = None):
+        ids = ids if ids is not None else await completion_input(self.served, req)
         return await self._generate(request, req, ids, chat=False, plan=NO_TOOLS)
-
-    def _chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        try:
-            prompt = runtime.render(self.served.tokenizer, self.served.name, messages, tools=tools)
-        except OvchatError as exc:
-            raise ApiError(400, str(exc), "messages") from None
-        return runtime.encode(self.served.tokenizer, prompt, add_special_tokens=False)
 
     # -- admission and the answer ------------------------------------------------------------------
     async def admit(
@@ -152,9 +139,11 @@ class Serving:
         chat: bool,
         constraint: dict | None = None,
         budget_param: str | None = None,
+        ceiling: bool = False,
     ) -> Answer:
         """The prompt checked against the context, the budget granted, and the job in the engine.
-        `budget_param` names the request's token budget in a dialect's words."""
+        `budget_param` names the request's token budget in a dialect's words; with `ceiling` a budget
+        past the context is a ceiling (clamped, as Anthropic's and Ollama's clients expect), not a 400."""
         settings = self.settings
         context = self.served.context_length
         if len(ids) >= context:
@@ -167,7 +156,7 @@ class Serving:
             )
         asked = req.budget()
         field_name = budget_param or ("max_completion_tokens" if chat and req.max_completion_tokens else "max_tokens")
-        if asked is not None and asked > context:
+        if asked is not None and asked > context and not ceiling:
             raise ApiError(400, f"{field_name} must be at most the context length ({context}), not {asked}", field_name)
         # Documented choice: an answer that would not fit (or passes the server's limit) is clamped and
         # ends with finish_reason "length".

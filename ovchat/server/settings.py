@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -56,16 +57,23 @@ def duration_seconds(given) -> float:
     if isinstance(given, bool):
         raise ValueError(f"{given!r} is not a duration")
     if isinstance(given, (int, float)):
-        return float(given)
+        return _finite(float(given))
     text = str(given).strip()
     try:
-        return float(text)
-    except ValueError:
-        pass
+        return _finite(float(text))
+    except ValueError as exc:
+        if "finite" in str(exc):
+            raise
     if not re.fullmatch(r"-?(?:\d+(?:\.\d+)?(?:ms|s|m|h))+", text):
         raise ValueError(f"{text!r} is not a duration (seconds, or like 5m, 1h, -1)")
     seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text))
     return -seconds if text.startswith("-") else seconds
+
+
+def _finite(seconds: float) -> float:
+    if not math.isfinite(seconds) or abs(seconds) > 10 * 365 * 86400:
+        raise ValueError(f"{seconds!r} is not a finite duration (use -1 to keep a model loaded)")
+    return seconds
 
 
 def is_loopback(host: str) -> bool:

@@ -15,7 +15,7 @@ from ...tools import ToolPlan
 from .. import protocol
 from ..answer import Answer, GenerationFailed, collect
 from ..api_error import ApiError
-from ..serving import Serving, log_done
+from ..serving import Serving, chat_input, log_done
 from .common import read_body, registry_of, renamed
 
 router = APIRouter(prefix="/v1/messages")
@@ -112,7 +112,8 @@ def _request(body: dict, counting: bool = False) -> protocol.ChatRequest:
         fields |= {k: body[k] for k in names if body.get(k) is not None}
         if body.get("stop_sequences"):
             fields["stop"] = body["stop_sequences"]
-    if (body.get("thinking") or {}).get("type") == "enabled":
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         raise ApiError(400, "thinking: extended thinking is not supported by this server's models", "thinking")
     with renamed({"stop": "stop_sequences", "tools": "tools", "tool_choice": "tool_choice"}):
         return protocol.parse(protocol.ChatRequest, fields)
@@ -127,10 +128,12 @@ def _model(body: dict) -> str:
 @router.post("")
 async def messages(request: Request):
     body = await read_body(request)
-    req = _request(body)  # checked before a model is loaded for it
-    async with registry_of(request).lease(req.model) as serving:
-        ids, plan, constraint = await serving.chat_input(req)
-        answer = await serving.admit(req, ids, True, constraint)
+    req = _request(body)
+    registry = registry_of(request)
+    entry, served = await registry.served_for(req.model)
+    ids, plan, constraint = await chat_input(served, req)  # checked before the model's engine is asked for
+    async with registry.lease(entry.name) as serving:
+        answer = await serving.admit(req, ids, True, constraint, ceiling=True)
     return await _reply(request, serving, body, answer, ids, plan)
 
 
@@ -153,8 +156,8 @@ async def _reply(request: Request, serving: Serving, body: dict, answer: Answer,
 @router.post("/count_tokens")
 async def count_tokens(request: Request):
     req = _request(await read_body(request), counting=True)
-    async with registry_of(request).lease(req.model) as serving:
-        ids = (await serving.chat_input(req))[0]
+    served = (await registry_of(request).served_for(req.model))[1]  # no engine needed to count
+    ids = (await chat_input(served, req))[0]
     return {"input_tokens": len(ids)}
 
 

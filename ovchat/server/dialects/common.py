@@ -12,10 +12,11 @@ from ..api_error import ApiError
 from ..guard import too_large
 
 
-async def read_json(request: Request, cap: int):
-    """The decoded JSON body, or an ApiError: not JSON (415), over `cap` bytes (413), malformed (400)."""
+async def read_json(request: Request, cap: int, any_type: bool = False):
+    """The decoded JSON body, or an ApiError: not JSON (415, unless `any_type`), over `cap` bytes (413),
+    malformed (400)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/json":
+    if kind != "application/json" and not any_type:
         raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'", code="unsupported_media")
     body = bytearray()
     async for chunk in request.stream():
@@ -36,7 +37,9 @@ def registry_of(request: Request):
 
 async def read_body(request: Request) -> dict:
     """A dialect's JSON object body (what OpenAI's clients send, others send too, so the same checks)."""
-    body = await read_json(request, request.app.state.settings.max_body_bytes)
+    # Ollama's own examples (curl -d without a Content-Type) are answered, as Ollama answers them.
+    any_type = request.url.path.startswith("/api/")
+    body = await read_json(request, request.app.state.settings.max_body_bytes, any_type)
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
     return body

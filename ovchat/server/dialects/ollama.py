@@ -21,7 +21,7 @@ from ..answer import Answer, GenerationFailed, collect
 from ..api_error import ApiError
 from ..embeddings import embed, embedder_of, texts_of
 from ..served import Served
-from ..serving import NO_TOOLS, log_done
+from ..serving import NO_TOOLS, chat_input, completion_input, log_done
 from ..settings import duration_seconds
 from .common import read_body, registry_of, renamed
 
@@ -69,12 +69,16 @@ def keep_alive(body: dict) -> float | None:
         raise ApiError(400, f"keep_alive: {exc}", "keep_alive") from None
 
 
+async def _served(request: Request, body: dict):
+    """The model the request names (tokenizer and template; no engine started)."""
+    return await registry_of(request).served_for(_model(body).removesuffix(":latest"))
+
+
 @contextlib.asynccontextmanager
 async def _leased(request: Request, body: dict):
     """The model's Serving, loaded if need be, and how long loading took (Ollama's load_duration)."""
-    name = _model(body)
     registry = registry_of(request)
-    entry = registry.find(name.removesuffix(":latest"))
+    entry = registry.find(_model(body).removesuffix(":latest"))
     started, ready = time.perf_counter(), entry.state == "ready"
     async with registry.lease(entry.name, keep_alive(body)) as serving:
         yield serving, 0.0 if ready else time.perf_counter() - started
@@ -118,7 +122,8 @@ def _messages(given) -> list[dict]:
         if calls:
             plain["tool_calls"] = []
             for call in calls if isinstance(calls, list) else [calls]:
-                function = call.get("function", {}) if isinstance(call, dict) else {}
+                function = call.get("function") if isinstance(call, dict) else None
+                function = function if isinstance(function, dict) else {}
                 made += 1
                 name, arguments = function.get("name"), function.get("arguments", {})
                 text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
@@ -166,10 +171,10 @@ async def chat(request: Request):
         fields["tools"] = body["tools"]
     if "tool_choice" in body:  # not Ollama's: ovchat's, as in its OpenAI API (small models rarely call on "auto")
         fields["tool_choice"] = body["tool_choice"]
-    req = _parse(protocol.ChatRequest, fields, body)  # checked before a model is loaded for it
+    req = _parse(protocol.ChatRequest, fields, body)
+    ids, plan, constraint = await chat_input((await _served(request, body))[1], req)  # before any engine
     async with _leased(request, body) as (serving, loading):
-        ids, plan, constraint = await serving.chat_input(req)
-        answer = await serving.admit(req, ids, True, constraint, "options.num_predict")
+        answer = await serving.admit(req, ids, True, constraint, "options.num_predict", ceiling=True)
     return await _answer(request, serving, answer, ids, plan, name, body.get("stream", True), loading, chat=True)
 
 
@@ -180,8 +185,12 @@ async def generate(request: Request):
     prompt, system, raw = body.get("prompt") or "", body.get("system"), bool(body.get("raw"))
     fields = _common(body)
     if not prompt:  # Ollama's way to load (or, with keep_alive 0, unload) a model: nothing to generate
-        async with _leased(request, body) as (_, loading):
-            pass
+        loading = 0.0
+        if keep_alive(body) == 0:  # unloaded once idle; one that is not loaded stays so
+            registry_of(request).expire(_model(body).removesuffix(":latest"))
+        else:
+            async with _leased(request, body) as (_, loading):
+                pass
         reason = "unload" if keep_alive(body) == 0 else "load"
         return {"model": name, "created_at": _now(), "response": "", "done": True, "done_reason": reason,
                 "load_duration": int(loading * 1e9)}
@@ -192,13 +201,13 @@ async def generate(request: Request):
     else:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         req = _parse(protocol.ChatRequest, {**fields, "messages": messages}, body)
+    served = (await _served(request, body))[1]
+    if raw:
+        (ids, plan), constraint = (await completion_input(served, req), NO_TOOLS), None
+    else:
+        ids, plan, constraint = await chat_input(served, req)
     async with _leased(request, body) as (serving, loading):
-        if raw:
-            ids, plan = await serving.completion_input(req), NO_TOOLS
-            answer = await serving.admit(req, ids, False, None, "options.num_predict")
-        else:
-            ids, plan, constraint = await serving.chat_input(req)
-            answer = await serving.admit(req, ids, True, constraint, "options.num_predict")
+        answer = await serving.admit(req, ids, not raw, constraint, "options.num_predict", ceiling=True)
     return await _answer(request, serving, answer, ids, plan, name, body.get("stream", True), loading,
                          chat=not raw, generate=True)
 
@@ -279,7 +288,10 @@ def _embedding_card(embedder) -> dict:
 async def tags(request: Request):
     """Every model this server can answer with, loaded or not."""
     registry, embedder = registry_of(request), request.app.state.embedder
-    cards = [_card(await registry.served_of(entry)) for entry in registry.entries]
+    cards = []
+    for entry in registry.entries:
+        with contextlib.suppress(ApiError):  # a folder that cannot be read is left out (/health says why)
+            cards.append(_card(await registry.served_of(entry)))
     return {"models": cards + ([_embedding_card(embedder)] if embedder else [])}
 
 
