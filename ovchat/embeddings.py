@@ -94,6 +94,10 @@ def embedder_for(path: Path, info: dict | None, device: str = DEFAULT_DEVICE) ->
     info = info or {}
     settings = info.get("embedding") or pooling(path)
     properties = {**LATENCY_CONFIG, "CACHE_DIR": str(catalog.compile_cache_dir())}
+    if device.upper().startswith("CPU"):
+        # f32, no int8 activations, on every CPU: the same vectors as the model's reference (an Intel Xeon
+        # would otherwise infer in bf16), and an encoder this small is cheap in f32.
+        properties |= {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
     pipeline = open_pipeline(path, device, settings, properties)
     dimensions = int(np.asarray(pipeline.embed_query("a")).shape[-1])
     name = runtime.model_name(path, info)
