@@ -398,3 +398,25 @@ def test_the_page_asks_for_the_api_key(browser, smollm2_ov, tmp_path):
         tab.close()
     finally:
         running.stop()
+
+
+def test_a_server_with_several_models_offers_a_picker(browser, smollm2_ov, tiny_phi3_ov, tmp_path):
+    running = Server(smollm2_ov, "--model", str(tiny_phi3_ov), log_path=tmp_path / "serve.log")
+    tiny = tiny_phi3_ov.name
+    try:
+        tab = Page(browser, running.base_url)
+        assert tab.page.is_visible("#model-pick") and not tab.page.is_visible("#model-name")
+        options = tab.page.locator("#model-pick option").all_inner_texts()
+        assert options == ["smollm2-135m", f"{tiny} (loads when asked)"]
+        tab.page.select_option("#model-pick", tiny)
+        tiny_context = httpx.get(running.base_url + f"/v1/models/{tiny}").json()["context_length"]
+        assert tab.page.inner_text("#model-context") == f"{tiny_context:,}-token context"
+        tab.send("Hi")
+        tab.wait_answered(1)
+        assert tab.requests[0]["model"] == tiny and tab.answers()[0].strip()  # the tiny model loaded and answered
+        tab.page.reload()  # the pick is remembered
+        tab.page.wait_for_function(f"document.getElementById('model-name').textContent === '{tiny}'")
+        assert tab.page.input_value("#model-pick") == tiny
+        tab.close()
+    finally:
+        running.stop()

@@ -24,7 +24,7 @@ from .metrics import Metrics
 from .page import add_page
 from .registry import Entry, Registry
 from .served import Served
-from .serving import Serving, chat_input, completion_input, version
+from .serving import Serving, chat_input, completion_input, model_card, version
 from .settings import Settings
 
 log = logging.getLogger("ovchat.server")
@@ -53,18 +53,20 @@ async def metrics_text(request: Request):
     return PlainTextResponse(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-def _card(entry: Entry) -> dict:
-    if entry.serving is not None:
-        return {**entry.serving.model_card(), "loaded": True}
+async def _card(registry: Registry, entry: Entry) -> dict:
+    """A chat model's card, loaded or not (its tokenizer and config are read, no engine started)."""
+    with contextlib.suppress(ApiError):  # an unreadable folder: the short card (/health says why)
+        served = await registry.served_of(entry)
+        return {**model_card(served, registry.settings), "loaded": entry.batch is not None}
     created = int(entry.path.stat().st_mtime) if entry.path.exists() else 0
     return {"id": entry.name, "object": "model", "created": created, "owned_by": "ovchat", "loaded": False}
 
 
 @router.get("/v1/models")
 async def list_models(request: Request):
-    embedder = request.app.state.embedder
+    registry, embedder = registry_of(request), request.app.state.embedder
     extra = [embedding_card(embedder)] if embedder is not None else []
-    return {"object": "list", "data": [_card(e) for e in registry_of(request).entries] + extra}
+    return {"object": "list", "data": [await _card(registry, e) for e in registry.entries] + extra}
 
 
 @router.get("/v1/models/{model_id:path}")
@@ -72,7 +74,8 @@ async def get_model(model_id: str, request: Request):
     embedder = request.app.state.embedder
     if embedder is not None and model_id in (embedder.name, embedder.path.name):
         return embedding_card(embedder)
-    return _card(registry_of(request).find(model_id))
+    registry = registry_of(request)
+    return await _card(registry, registry.find(model_id))
 
 
 @router.post("/v1/chat/completions")

@@ -56,6 +56,22 @@ async def completion_input(served: Served, req: CompletionRequest) -> list[int]:
     return list(req.prompt)
 
 
+def model_card(served: Served, settings: Settings) -> dict:
+    """A chat model as /v1/models shows it (whether or not its engine is loaded)."""
+    sampling = served.sampling
+    return {
+        "id": served.name,
+        "object": "model",
+        "created": served.created,
+        "owned_by": "ovchat",
+        "context_length": served.context_length,
+        "max_tokens_limit": settings.max_tokens_limit,
+        # What a request that leaves these out gets (ovchat's fields, beside OpenAI's).
+        "sampling_defaults": {name: getattr(sampling, name) for name in RECOMMENDED_FIELDS},
+        "sampling_source": served.sampling_source,
+    }
+
+
 def _chat_ids(served: Served, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     try:
         prompt = runtime.render(served.tokenizer, served.name, messages, tools=tools)
@@ -108,20 +124,6 @@ class Serving:
             state = "stopping"
         body = {"status": "ok" if state == "ready" else state, "model": self.served.name}
         return body, 200 if state == "ready" else 503
-
-    def model_card(self) -> dict:
-        sampling = self.served.sampling
-        return {
-            "id": self.served.name,
-            "object": "model",
-            "created": self.served.created,
-            "owned_by": "ovchat",
-            "context_length": self.served.context_length,
-            "max_tokens_limit": self.settings.max_tokens_limit,
-            # What a request that leaves these out gets (ovchat's fields, beside OpenAI's).
-            "sampling_defaults": {name: getattr(sampling, name) for name in RECOMMENDED_FIELDS},
-            "sampling_source": self.served.sampling_source,
-        }
 
     async def chat(self, request: Request, req: ChatRequest, prepared: tuple | None = None):
         ids, plan, constraint = prepared or await chat_input(self.served, req)

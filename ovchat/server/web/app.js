@@ -7,10 +7,12 @@
   const SETTINGS = "ovchat.settings.v2"; // v1 kept greedy values the user never chose
   const OLD_SETTINGS = "ovchat.settings.v1";
   const KEY = "ovchat.apiKey";
+  const MODEL = "ovchat.model"; // the model last picked, where the server has several
   const $ = (id) => document.getElementById(id);
   const ui = {
     sidebar: $("sidebar"), toggle: $("toggle-sidebar"), list: $("chat-list"), newChat: $("new-chat"),
-    modelName: $("model-name"), modelContext: $("model-context"), keyButton: $("key-button"),
+    modelName: $("model-name"), modelPick: $("model-pick"), modelContext: $("model-context"),
+    keyButton: $("key-button"),
     system: $("system-prompt"), temperature: $("temperature"), topP: $("top-p"), topK: $("top-k"),
     repetitionPenalty: $("repetition-penalty"), noRepeatNgram: $("no-repeat-ngram"), maxTokens: $("max-tokens"),
     loopGuard: $("loop-guard"), samplingNote: $("sampling-note"),
@@ -21,7 +23,8 @@
 
   let chats = load(STORE, []);
   let currentId = null;
-  let model = null; // the model card from /v1/models
+  let model = null; // the card of the model answering, from /v1/models
+  let models = []; // every chat model the server has
   let running = null; // {controller, message} while an answer streams
 
   function load(name, fallback) {
@@ -206,18 +209,42 @@
       ui.modelName.textContent = "error: " + (await errorText(response));
       return;
     }
-    model = (await response.json()).data[0];
-    ui.modelName.textContent = model.id;
-    ui.modelContext.textContent = model.context_length.toLocaleString("en") + "-token context";
-    ui.maxTokens.max = String(model.max_tokens_limit);
-    if (Number(ui.maxTokens.value) > model.max_tokens_limit) ui.maxTokens.value = String(model.max_tokens_limit);
-    const defaults = model.sampling_defaults || {};
+    models = (await response.json()).data.filter((card) => card.kind !== "embedding");
+    // Several models: a picker (one not loaded yet loads when it is first asked).
+    ui.modelPick.replaceChildren(
+      ...models.map((card) => {
+        const option = document.createElement("option");
+        option.value = card.id;
+        option.textContent = card.id + (card.loaded === false ? " (loads when asked)" : "");
+        return option;
+      })
+    );
+    ui.modelPick.hidden = models.length < 2;
+    ui.modelName.hidden = models.length >= 2;
+    const saved = load(MODEL, null);
+    choose(models.find((card) => card.id === saved) || models[0]);
+  }
+
+  function choose(card) {
+    model = card;
+    ui.modelPick.value = card.id;
+    ui.modelName.textContent = card.id;
+    ui.modelContext.textContent = card.context_length
+      ? card.context_length.toLocaleString("en") + "-token context"
+      : "";
+    // The answer's budget: at most the server's limit and the model's context (a small model's is short).
+    const most = Math.min(card.max_tokens_limit || Infinity, card.context_length || Infinity);
+    if (Number.isFinite(most)) {
+      ui.maxTokens.max = String(most);
+      if (Number(ui.maxTokens.value) > most) ui.maxTokens.value = String(most);
+    }
+    const defaults = card.sampling_defaults || {};
     for (const [name, field] of Object.entries(FIELDS)) {
-      if (defaults[field] !== undefined) ui[name].placeholder = String(defaults[field]);
+      ui[name].placeholder = defaults[field] !== undefined ? String(defaults[field]) : "";
     }
-    if (model.sampling_source) {
-      ui.samplingNote.textContent = "Empty fields take the model's defaults (" + model.sampling_source + ").";
-    }
+    ui.samplingNote.textContent = card.sampling_source
+      ? "Empty fields take the model's defaults (" + card.sampling_source + ")."
+      : "";
   }
 
   function askKey() {
@@ -393,6 +420,16 @@
   for (const name of ["system", "maxTokens", "loopGuard", ...Object.keys(FIELDS)]) {
     ui[name].addEventListener("change", saveSettings);
   }
+  ui.modelPick.addEventListener("change", () => {
+    const card = models.find((m) => m.id === ui.modelPick.value);
+    if (!card) return;
+    choose(card);
+    try {
+      localStorage.setItem(MODEL, JSON.stringify(card.id));
+    } catch {
+      /* a convenience, as the settings are */
+    }
+  });
   ui.keyButton.addEventListener("click", askKey);
   ui.keyCancel.addEventListener("click", () => ui.keyDialog.close());
   ui.keyForm.addEventListener("submit", () => {
