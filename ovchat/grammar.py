@@ -49,9 +49,12 @@ def schema_to_ebnf(schema: Any) -> str:
     return framed_ebnf([("", schema, "")], "", 1)
 
 
-def framed_ebnf(frames: Sequence[tuple[str, Any, str]], separator: str, most: int) -> str:
+def framed_ebnf(
+    frames: Sequence[tuple[str, Any, str]], separator: str, most: int, opening: str = "", closing: str = ""
+) -> str:
     """One to `most` values joined by `separator`, each `before` + a value of its schema + `after` for
-    one of `frames` (a template's tool calls: "<tool_call>\n{"name": "f", "arguments": " ... "}\n</tool_call>")."""
+    one of `frames` (a template's tool calls: "<tool_call>\n{"name": "f", "arguments": " ... "}\n</tool_call>"),
+    the whole between `opening` and `closing` (a list of calls: "functools[" ... "]")."""
     builder = _Builder()
     try:
         options = [" ".join(p for p in (literal(a), builder.value(schema), literal(b)) if p != '""')
@@ -60,6 +63,8 @@ def framed_ebnf(frames: Sequence[tuple[str, Any, str]], separator: str, most: in
         raise Unsupported(str(exc)) from None
     one = options[0] if len(options) == 1 else builder.rule("(" + " | ".join(options) + ")", "frame")
     root = one if most <= 1 else f"{one} ({literal(separator)} {one}){{0,{most - 1}}}"
+    root = " ".join(part for part in (literal(opening) if opening else "", root, literal(closing) if closing else "")
+                    if part)
     return "\n".join([f"root ::= {root}", *(f"{name} ::= {body}" for name, body in builder.rules.items())])
 
 

@@ -25,6 +25,9 @@ TOOLS = (
     "transformers",
     "torch",
 )
+# Files a user may replace after the export: a chat template with a tool format of its own goes beside the
+# model as chat_template.jinja (as OVMS's and vLLM's documents have it). Not checked against the manifest.
+EDITABLE = frozenset({"chat_template.jinja"})
 
 
 def sha256(path: Path) -> str:
@@ -79,6 +82,8 @@ def verify(folder: Path, *, hashes: bool = False) -> dict | None:
         return None
     hint = "re-export it (ovchat export ... --force)"
     for name, entry in manifest.get("files", {}).items():
+        if name in EDITABLE:
+            continue
         path = folder / name
         if not path.is_file():
             raise OvchatError(f"model folder {folder} is incomplete: {name} is missing; {hint}")

@@ -100,7 +100,10 @@ def _streamer_class():
 
         def end(self) -> None:
             self.ending.set()
-            self.text.end()
+            try:
+                self.text.end()
+            except UnicodeDecodeError:
+                pass  # the held-back tail is no character (half of one, cut by the budget): dropped, as above
 
     return QueueStreamer
 
@@ -144,7 +147,7 @@ class Model:
         self.context_length = runtime.context_length(path)
         # A chat's sampling unless told otherwise (generate stays greedy), and where it comes from.
         self.chat_sampling, self.chat_sampling_source = runtime.recommended_sampling(path, info)
-        self.tokenizer = pipeline.get_tokenizer()
+        self.tokenizer = runtime.use_folder_template(pipeline.get_tokenizer(), path)  # the pipeline's own
         configured = pipeline.get_generation_config().stop_token_ids
         self.stop_token_ids = runtime.stop_token_ids(self.tokenizer, configured)
         self.tool_format = detect(chat_template(path, self.tokenizer))  # None: ovchat's generic tool format

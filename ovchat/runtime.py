@@ -140,6 +140,21 @@ def stop_token_ids(tokenizer, configured: Sequence[int] = ()) -> set[int]:
     return {t for t in stops if t >= 0}
 
 
+def use_folder_template(tokenizer, folder: Path):
+    """The tokenizer, with a chat_template.jinja beside the model in place of its own template (as OVMS
+    and transformers take it: how a model gets a template with its tool format, e.g. Phi-4-mini's)."""
+    jinja = Path(folder) / "chat_template.jinja"
+    own = tokenizer.chat_template
+    if not jinja.is_file() or jinja.read_text(encoding="utf-8") == own:
+        return tokenizer
+    tokenizer.set_chat_template(jinja.read_text(encoding="utf-8"))
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    except RuntimeError:  # beyond GenAI's template engine: the template the export converted stays
+        tokenizer.set_chat_template(own)
+    return tokenizer
+
+
 def render(
     tokenizer, name: str, messages: Sequence[Message], add_generation_prompt: bool = True, tools: list | None = None
 ) -> str:

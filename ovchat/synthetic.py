@@ -62,6 +62,7 @@ def tiny_phi3(
     seed: int = 0,
     chat_template: str = PHI3_CHAT_TEMPLATE,
     added_tokens: tuple[str, ...] = (),
+    special_tokens: tuple[str, ...] = (),
 ) -> Path:
     """Write a tiny random `Phi3ForCausalLM` with Phi-3's special tokens and chat template.
 
@@ -77,6 +78,8 @@ def tiny_phi3(
     torch.manual_seed(seed)
     tokenizer = _phi3_tokenizer(vocab_size=320, chat_template=chat_template)
     tokenizer.add_tokens(list(added_tokens))  # not special: kept in decoded text (as Qwen's <tool_call>)
+    if special_tokens:  # dropped from decoded text (as Mistral's [TOOL_CALLS])
+        tokenizer.add_special_tokens({"additional_special_tokens": list(special_tokens)})
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in PHI3_SPECIAL_TOKENS}
     config = Phi3Config(
         vocab_size=len(tokenizer),

@@ -1,9 +1,10 @@
 """Chat templates' own tool formats, detected from the template as OpenVINO Model Server does.
 
-A model whose template has a tool format (Qwen 2.5/3, Hermes, SmolLM3: `<tool_call>` blocks) was
-trained on it: it sees its tools the way the template writes them (the template's `tools`), the
-conversation's calls and results keep OpenAI's fields for the template to render, and its calls are
-generated in its own form:
+A model whose template has a tool format (Hermes-style `<tool_call>` blocks, Llama 3.x's bare JSON,
+Phi-4-mini's `functools[...]`, Mistral's `[TOOL_CALLS] [...]`, Qwen3-Coder's XML) was trained on it: it
+sees its tools the way the template writes them (the template's `tools`), the conversation's calls and
+results keep OpenAI's fields for the template to render, and its calls are generated in its own form,
+for example
 
     <tool_call>
     {"name": "get_weather", "arguments": {"city": "Paris"}}
@@ -11,20 +12,18 @@ generated in its own form:
 
 under each tool's schema: with `required` or a named tool the whole answer is calls (a grammar of
 them), with `auto` the text is free until the model opens a call, and from there the call is
-constrained (OpenVINO GenAI's structural tags, triggered by `<tool_call>`). Templates without a format
+constrained (OpenVINO GenAI's structural tags, triggered by the opening). Templates without a format
 get ovchat's generic one (ovchat.tools).
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from .grammar import Unsupported, framed_ebnf, schema_to_ebnf
+from .call_format import CallFormat
+from .tool_xml import QWEN3_CODER
 
 # The template marks OVMS's chat-template analyzer looks for, in its order (first match wins):
 # (all of these substrings, tool parser, reasoning parser).
@@ -63,82 +62,15 @@ def chat_template(folder: Path, tokenizer=None) -> str:
     return tokenizer.chat_template or ""
 
 
-@dataclass(frozen=True)
-class CallFormat:
-    """Calls written as `begin` + {"name": ..., "<args_key>": ...} + `end`, several joined by `separator`;
-    a bare JSON call ("" begin) opens at its `{"name"`."""
-
-    name: str
-    parser: str  # OVMS's name for it
-    begin: str
-    end: str
-    separator: str = "\n"
-    args_key: str = "arguments"
-    most: int = 4  # calls one answer may hold (what the template can write back)
-
-    @property
-    def trigger(self) -> str:
-        return self.begin.strip() or '{"name"'
-
-    def frame(self, tool) -> tuple[str, Any, str]:
-        """(text before the arguments, their schema, text after) of one call of `tool`."""
-        name = json.dumps(tool.name, ensure_ascii=False)
-        return f'{self.begin}{{"name": {name}, "{self.args_key}": ', tool.parameters, "}" + self.end
-
-    def grammar(self, tools: Sequence, most: int) -> tuple[str | None, str | None]:
-        """(grammar, None) for answers that are only calls, or (None, structural tags) where a tool's
-        schema is beyond the grammar (each tag then holds the JSON schema itself)."""
-        try:
-            return framed_ebnf([self.frame(t) for t in tools], self.separator, most), None
-        except Unsupported:
-            return None, self.tags(tools, most, at_least_one=True)
-
-    def tags(self, tools: Sequence, most: int, at_least_one: bool = False) -> str:
-        """Structural tags as JSON (the engine builds GenAI's objects from it): free text until the
-        trigger, then a call of one of `tools` under its schema."""
-        tags = []
-        for tool in tools:
-            before, schema, after = self.frame(tool)
-            try:
-                content = {"grammar": schema_to_ebnf(schema)}
-            except Unsupported:
-                content = {"json_schema": json.dumps(schema)}
-            tags.append({"begin": before, "end": after, **content})
-        return json.dumps({"triggers": [self.trigger], "tags": tags, "at_least_one": at_least_one,
-                           "stop_after_first": most <= 1})
-
-    def read(self, text: str) -> tuple[str | None, list[tuple[str, str]]]:
-        """(content, [(name, arguments JSON)]): the calls found in the answer, the rest as content.
-        A call that does not parse (an answer cut by its budget) stays in the content."""
-        calls, kept, at = [], [], 0
-        decoder, closing = json.JSONDecoder(), self.end.strip()
-        for found in re.finditer(re.escape(self.trigger), text):
-            if found.start() < at:
-                continue
-            start = found.end() if self.begin else found.start()
-            start += len(text[start:]) - len(text[start:].lstrip())
-            try:
-                call, stop = decoder.raw_decode(text, start)
-                name, arguments = call["name"], call.get(self.args_key, {})
-                if not isinstance(name, str):
-                    raise TypeError(name)
-            except (ValueError, KeyError, TypeError):
-                continue
-            rest = text[stop:].lstrip()
-            if closing and rest.startswith(closing):
-                stop = len(text) - len(rest) + len(closing)
-            kept.append(text[at : found.start()])
-            at = stop
-            calls.append((name, arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)))
-        if not calls:
-            return text, []
-        return ("".join(kept) + text[at:]).strip() or None, calls
-
-
 HERMES = CallFormat("hermes", "hermes3", "<tool_call>\n", "\n</tool_call>")
 # Llama 3.1-3.3: a bare {"name": ..., "parameters": ...}; the template writes back one call per turn.
 LLAMA3 = CallFormat("llama3", "llama3", "", "", args_key="parameters", most=1)
-FORMATS = {"hermes3": HERMES, "llama3": LLAMA3}
+# Phi-4-mini with the template OVMS and vLLM ship for its tools: functools[{"name": ..., "arguments": ...}, ...].
+PHI4 = CallFormat("phi4", "phi4", "functools", "", separator=", ", listed=True, arguments_text=True)
+# Mistral 7B v0.3 and its peers: [TOOL_CALLS] [{"name": ..., "arguments": ...}, ...], call ids of 9 characters.
+MISTRAL = CallFormat("mistral", "mistral", "[TOOL_CALLS] ", "", separator=", ", listed=True, hidden_begin=True,
+                     id_length=9)
+FORMATS = {"hermes3": HERMES, "llama3": LLAMA3, "phi4": PHI4, "mistral": MISTRAL, "qwen3coder": QWEN3_CODER}
 # Llama 3.2's template lacks 3.1's <|python_tag|> (OVMS's mark); its instruction names the call's form.
 LLAMA3_MARK = '"parameters": dictionary of argument name'
 
@@ -151,10 +83,12 @@ def detect(template: str) -> CallFormat | None:
     return FORMATS.get(parser or "")
 
 
-def template_messages(messages: Iterable[dict]) -> list[dict]:
+def template_messages(messages: Iterable[dict], format: CallFormat | None = None) -> list[dict]:
     """OpenAI messages as chat templates take them: a call's arguments as an object (Hugging Face's
-    convention), a tool result with the name of the call it answers."""
+    convention; as text for a template that prints them), a tool result with the name of the call it
+    answers, call ids in the form the template takes."""
     out, names = [], {}
+    as_text, ids = format is not None and format.arguments_text, format.call_id if format else (lambda given: given)
     for message in messages:
         message = dict(message)
         if message.get("tool_calls"):
@@ -163,14 +97,18 @@ def template_messages(messages: Iterable[dict]) -> list[dict]:
                 function = dict(call["function"])
                 names[call.get("id")] = function["name"]
                 try:
-                    function["arguments"] = json.loads(function.get("arguments") or "{}")
+                    if not as_text:
+                        function["arguments"] = json.loads(function.get("arguments") or "{}")
                 except json.JSONDecodeError:
                     pass  # as the client sent it
-                calls.append({**call, "function": function})
+                calls.append({**call, "id": ids(call.get("id")), "function": function})
             message["tool_calls"] = calls
             message["content"] = message.get("content") or ""
-        elif message.get("role") == "tool":
+        elif "tool_calls" in message:
+            del message["tool_calls"]  # empty or null: a template that checks "is defined" would open a call
+        if message.get("role") == "tool":
             message.setdefault("name", names.get(message.get("tool_call_id"), ""))
+            message["tool_call_id"] = ids(message.get("tool_call_id"))
         out.append(message)
     return out
 

@@ -55,16 +55,13 @@ class StreamReader:
         return content or "", calls
 
     def _native(self) -> str:
-        """Text up to where a call opens (or may be opening: a partial trigger is held back)."""
-        trigger = self.plan.format.trigger
-        found = self.raw.find(trigger, self.sent)
-        if found >= 0:
+        """Text up to where the calls open (or may be opening: a partial opening is held back)."""
+        found = self.plan.format.opening(self.raw, self.sent)
+        if found is not None:
             self.mode = "native calls"
             fresh, self.sent = self.raw[self.sent : found], found
             return fresh
-        hold = next((k for k in range(min(len(trigger) - 1, len(self.raw)), 0, -1)
-                     if trigger.startswith(self.raw[-k:])), 0)
-        end = max(self.sent, len(self.raw) - hold)
+        end = max(self.sent, len(self.raw) - self.plan.format.undecided(self.raw))
         fresh, self.sent = self.raw[self.sent : end], end
         return fresh
 

@@ -163,7 +163,7 @@ class ToolPlan:
         the instructions joined to the system message (or put first). A template with its own format
         takes OpenAI's fields as they are."""
         if self.format is not None and self.active:
-            return template_messages(messages)
+            return template_messages(messages, self.format)
         plain = history(messages)
         text = self.instructions()
         if text is None:
@@ -180,8 +180,8 @@ class ToolPlan:
         if self.format is not None:
             if self.choice == "none":
                 return text, []
-            content, found = self.format.read(text)
-            return content, [ToolCall(new_call_id(), name, arguments) for name, arguments in found]
+            content, found = self.format.read(text, self.tools)
+            return content, [ToolCall(self.format.new_id() or new_call_id(), name, args) for name, args in found]
         try:
             answer = json.loads(text)
         except json.JSONDecodeError:  # cut short: a reply's decoded part (as streamed), else the text as it is
@@ -233,6 +233,8 @@ def plan_for(
     if choice == "required" and not made:
         raise ToolError("tool_choice 'required' needs tools", "tool_choice")
     reply = None if reply_schema is None else json.loads(reply_schema)
+    if format is not None and not format.takes(made):
+        format = None  # a schema the template's form cannot hold: the generic format serves this request
     return ToolPlan(tuple(made), choice, parallel, reply, format)
 
 

@@ -95,9 +95,15 @@ def tiny_phi3_ov(tiny_phi3_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_phi3_long_ov(ovchat_home: Path) -> Path:
     """The tiny Phi-3 with a 4096-token context (room for tool descriptions), exported in fp16."""
+    return _styled(ovchat_home, "tiny-phi3-long")
+
+
+def _styled(ovchat_home: Path, name: str, **options) -> Path:
+    """The tiny Phi-3 with a 4096-token context (room for tool descriptions), in fp16; options: its chat template,
+    added or special tokens."""
     import ovchat
 
-    source = _tiny_phi3_folder(ovchat_home, "tiny-phi3-long", context_length=4096)
+    source = _tiny_phi3_folder(ovchat_home, name, context_length=4096, **options)
     return ovchat.export(str(source), weight_format="fp16")
 
 
@@ -178,23 +184,134 @@ argument name and its value}.
 {% endif %}"""
 
 
+# The Phi-4-mini style of the template OVMS and vLLM ship for its tools: the calls as one list after the
+# word "functools", written back with their arguments printed as given (JSON text).
+PHI4_STYLE_TEMPLATE = """\
+<|system|>
+{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{% else %}You are a helpful assistant.{% endif %}
+{%- if tools %}
+To call functions, write functools and then one JSON list of the calls: \
+functools[{"name": function name, "arguments": its arguments as JSON}, ...]. The functions:
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}{% endif %}<|end|>
+{% for message in messages -%}
+{% if message['role'] != 'system' -%}
+<|{{ message['role'] }}|>
+{% if message.tool_calls %}functools[{% for call in message.tool_calls %}{"name": "{{ call.function.name }}", \
+"arguments": {{ call.function.arguments }}}{% if not loop.last %}, {% endif %}{% endfor %}]\
+{% else %}{{ message['content'] }}{% endif %}<|end|>
+{% endif -%}
+{% endfor -%}
+{% if add_generation_prompt %}<|assistant|>
+{% endif %}"""
+
+# The Mistral 7B v0.3 style: tools before the last user turn, calls as [TOOL_CALLS] and one JSON list, call
+# ids of exactly 9 characters (the template refuses others), results as [TOOL_RESULTS].
+MISTRAL_STYLE_TEMPLATE = """\
+{%- set ns = namespace(last_user=-1) -%}
+{%- for message in messages -%}{%- if message['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}\
+{%- endif -%}{%- endfor -%}
+{{- bos_token -}}
+{%- for message in messages -%}
+{%- if message['role'] == 'user' -%}
+{%- if tools and loop.index0 == ns.last_user -%}[AVAILABLE_TOOLS] {{ tools | tojson }}[/AVAILABLE_TOOLS]{%- endif -%}
+[INST] {{ message['content'] }}[/INST]
+{%- elif message.tool_calls is defined and message.tool_calls is not none -%}
+[TOOL_CALLS] [
+{%- for call in message.tool_calls -%}
+{%- if call.id | length != 9 -%}{{ raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}\
+{%- endif -%}
+{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}, "id": "{{ call.id }}"}
+{%- if not loop.last %}, {% endif -%}
+{%- endfor -%}]{{ eos_token }}
+{%- elif message['role'] == 'assistant' -%}
+{{ ' ' + message['content'] + eos_token }}
+{%- elif message['role'] == 'tool' -%}
+{%- if message.tool_call_id | length != 9 -%}\
+{{ raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}{%- endif -%}
+[TOOL_RESULTS] {"content": {{ message['content'] | tojson }}, "call_id": "{{ message.tool_call_id }}"}[/TOOL_RESULTS]
+{%- endif -%}
+{%- endfor -%}"""
+MISTRAL_CONTROL_TOKENS = ("[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                          "[TOOL_RESULTS]", "[/TOOL_RESULTS]")
+
+
+# The Qwen3-Coder style: each call an XML block, each parameter in its own block, strings as plain text.
+QWEN3_CODER_STYLE_TEMPLATE = """\
+{%- if tools -%}
+<|system|>
+{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}
+
+{% endif %}You can call these functions:
+{% for tool in tools %}<function><name>{{ tool.function.name }}</name>\
+<parameters>{{ tool.function.parameters | tojson }}</parameters></function>
+{% endfor %}To call one, answer:
+<tool_call>
+<function=the_function>
+<parameter=a_parameter>
+its value
+</parameter>
+</function>
+</tool_call><|end|>
+{% elif messages[0]['role'] == 'system' -%}
+<|system|>
+{{ messages[0]['content'] }}<|end|>
+{% endif -%}
+{% for message in messages -%}
+{% if message['role'] == 'user' -%}
+<|user|>
+{{ message['content'] }}<|end|>
+{% elif message['role'] == 'assistant' -%}
+<|assistant|>
+{{ message['content'] }}{% if message['tool_calls'] %}{% for call in message['tool_calls'] %}<tool_call>
+<function={{ call['function']['name'] }}>
+{% for key, value in call['function']['arguments'] | items %}<parameter={{ key }}>
+{% if value is string %}{{ value }}{% else %}{{ value | tojson }}{% endif %}{{ '\\n' }}</parameter>
+{% endfor %}</function>
+</tool_call>{% endfor %}{% endif %}<|end|>
+{% elif message['role'] == 'tool' -%}
+<|user|>
+<tool_response>
+{{ message['content'] }}
+</tool_response><|end|>
+{% endif -%}
+{% endfor -%}
+{% if add_generation_prompt %}<|assistant|>
+{% endif %}"""
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3coder_ov(ovchat_home: Path) -> Path:
+    """The tiny Phi-3 (4096-token context, fp16) with a Qwen3-Coder-style (XML calls) chat template."""
+    return _styled(ovchat_home, "tiny-qwen3coder", chat_template=QWEN3_CODER_STYLE_TEMPLATE,
+                   added_tokens=("<tool_call>", "</tool_call>"))
+
+
+@pytest.fixture(scope="session")
+def tiny_phi4_ov(ovchat_home: Path) -> Path:
+    """The tiny Phi-3 (4096-token context, fp16) with a Phi-4-mini-style (functools) chat template."""
+    return _styled(ovchat_home, "tiny-phi4", chat_template=PHI4_STYLE_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_ov(ovchat_home: Path) -> Path:
+    """The tiny Phi-3 (4096-token context, fp16) with a Mistral-style chat template and Mistral's control
+    tokens as special tokens (decoding drops them, [TOOL_CALLS] included)."""
+    return _styled(ovchat_home, "tiny-mistral", chat_template=MISTRAL_STYLE_TEMPLATE,
+                   special_tokens=MISTRAL_CONTROL_TOKENS)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama3_ov(ovchat_home: Path) -> Path:
     """The tiny Phi-3 (4096-token context, fp16) with a Llama 3.x-style chat template."""
-    import ovchat
-
-    source = _tiny_phi3_folder(ovchat_home, "tiny-llama3", context_length=4096, chat_template=LLAMA3_STYLE_TEMPLATE)
-    return ovchat.export(str(source), weight_format="fp16")
+    return _styled(ovchat_home, "tiny-llama3", chat_template=LLAMA3_STYLE_TEMPLATE)
 
 
 @pytest.fixture(scope="session")
 def tiny_hermes_ov(ovchat_home: Path) -> Path:
     """The tiny Phi-3 (4096-token context, fp16) with a Hermes-style chat template: a tool format of its own."""
-    import ovchat
-
-    source = _tiny_phi3_folder(ovchat_home, "tiny-hermes", context_length=4096, chat_template=HERMES_STYLE_TEMPLATE,
-                               added_tokens=("<tool_call>", "</tool_call>"))  # one token each, as in Qwen's vocabulary
-    return ovchat.export(str(source), weight_format="fp16")
+    return _styled(ovchat_home, "tiny-hermes", chat_template=HERMES_STYLE_TEMPLATE,
+                   added_tokens=("<tool_call>", "</tool_call>"))  # one token each, as in Qwen's vocabulary
 
 
 @pytest.fixture(scope="session")

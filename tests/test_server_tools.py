@@ -91,16 +91,20 @@ def test_an_agent_loop_on_the_tiny_phi3(tiny_phi3_long_ov, tmp_path):
         running.stop()
 
 
-def test_an_agent_loop_on_a_template_with_its_own_tool_format(tiny_hermes_ov, tmp_path):
-    """The template's own `<tool_call>` format through the real server: the call, the tool result
-    rendered back by the template, the written answer; a streamed call equals the whole one."""
-    running = Server(tiny_hermes_ov, log_path=tmp_path / "serve.log")
+@pytest.mark.parametrize("style", ["hermes", "phi4", "mistral", "qwen3coder"])
+def test_an_agent_loop_on_a_template_with_its_own_tool_format(request, style, tmp_path):
+    """The template's own format through the real server: the call, the tool result rendered back by the
+    template (Mistral's with the 9-character id it was given), the written answer; a streamed call equals
+    the whole one."""
+    folder = request.getfixturevalue(f"tiny_{style}_ov")
+    running = Server(folder, log_path=tmp_path / "serve.log")
     try:
         client = running.client()
         # One call: the random model, free to add calls, would write them until its budget runs out.
-        calls, answer = agent_loop(client, tiny_hermes_ov.name, "Add 2 and 3, please.", parallel=False)
+        calls, answer = agent_loop(client, folder.name, "Add 2 and 3, please.", parallel=False)
         assert calls and isinstance(answer, str)
-        ask = {"model": tiny_hermes_ov.name, "messages": [{"role": "user", "content": "Weather?"}],
+        assert style != "mistral" or all(len(c.id) == 9 and c.id.isalnum() for c in calls)
+        ask = {"model": folder.name, "messages": [{"role": "user", "content": "Weather?"}],
                "tools": [WEATHER, ADD], "tool_choice": "required", "max_tokens": 200, "temperature": 0.9, "seed": 5}
         whole = client.chat.completions.create(**ask).choices[0].message.tool_calls
         pieces: dict[int, list[str]] = {}

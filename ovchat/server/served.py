@@ -31,7 +31,7 @@ class Served:
     def load(cls, path: Path, info: dict | None, context_cap: int | None) -> Served:
         import openvino_genai as ov_genai
 
-        tokenizer = ov_genai.Tokenizer(str(path))
+        tokenizer = runtime.use_folder_template(ov_genai.Tokenizer(str(path)), path)
         config = runtime.model_config(path)
         stops = runtime.stop_token_ids(tokenizer, runtime.configured_stop_ids(path))
         context = runtime.context_length(path)

@@ -1,0 +1,179 @@
+"""Qwen3-Coder's XML tool calls, generated under a grammar of each tool's parameters:
+
+    <tool_call>
+    <function=get_weather>
+    <parameter=city>
+    Paris
+    </parameter>
+    </function>
+    </tool_call>
+
+A string parameter's value is its text as it is (no quotes, no escapes), any other value is JSON, as
+the model's template writes them back and as OVMS reads them. The grammar keeps each tool's declared
+parameters (every required one, in declared order), an enum or const string to its values, and a
+string's text free of `</parameter>` (which would end it early). A schema it cannot hold that way (a
+parameter that may be a string or something else, free-form properties, a pattern with quotes or
+backslashes) is not taken: the request then gets ovchat's generic format (ovchat.tools).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .call_format import CallFormat
+from .grammar import Unsupported, _Builder, literal, regex_to_ebnf
+
+PARAMETER_END = "</parameter>"
+STRING_KEYWORDS = {"type", "enum", "const", "minLength", "maxLength", "pattern", "format",
+                   "title", "description", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly"}
+
+
+@dataclass(frozen=True)
+class XmlCallFormat(CallFormat):
+    """Qwen3-Coder's form: one <tool_call> block per call, each parameter in its own <parameter=...> block."""
+
+    def frame(self, tool) -> tuple[str, Any, str]:
+        return f"{self.begin}<function={tool.name}>\n", tool.parameters, f"</function>{self.end}"
+
+    def takes(self, tools: Sequence) -> bool:
+        try:
+            for tool in tools:
+                _members(_Builder(), tool.parameters)
+        except Unsupported:
+            return False
+        return True
+
+    def _calls_ebnf(self, tools: Sequence, most: int) -> str:
+        builder = _Builder()
+        options = []
+        for tool in tools:
+            before, schema, after = self.frame(tool)
+            options.append(f"{literal(before)} {_members(builder, schema)} {literal(after)}")
+        one = options[0] if len(options) == 1 else builder.rule("(" + " | ".join(options) + ")", "call")
+        root = one if most <= 1 else f"{one} ({literal(self.separator)} {one}){{0,{most - 1}}}"
+        return "\n".join([f"root ::= {root}", *(f"{name} ::= {body}" for name, body in builder.rules.items())])
+
+    def grammar(self, tools: Sequence, most: int) -> tuple[str | None, str | None]:
+        return self._calls_ebnf(tools, most), None
+
+    def tags(self, tools: Sequence, most: int, at_least_one: bool = False) -> str:
+        tags = []
+        for tool in tools:
+            before, schema, after = self.frame(tool)
+            builder = _Builder()
+            body = _members(builder, schema)
+            rules = [f"root ::= {body}", *(f"{name} ::= {rule}" for name, rule in builder.rules.items())]
+            tags.append({"begin": before, "end": after, "grammar": "\n".join(rules)})
+        return json.dumps({"triggers": [self.trigger], "tags": tags, "at_least_one": at_least_one,
+                           "stop_after_first": most <= 1})
+
+    def read(self, text: str, tools: Sequence = ()) -> tuple[str | None, list[tuple[str, str]]]:
+        schemas = {tool.name: tool.parameters for tool in tools}
+        calls, kept, at = [], [], 0
+        for found in CALL.finditer(text):
+            name, body = found.group(1), found.group(2)
+            properties = (schemas.get(name) or {}).get("properties") or {}
+            arguments = {}
+            for key, value in PARAMETER.findall(body):
+                value = value.removeprefix("\n").removesuffix("\n")
+                arguments[key] = value if _is_string(properties.get(key, {"type": "string"})) else _json_or_text(value)
+            kept.append(text[at : found.start()])
+            at = found.end()
+            calls.append((name, json.dumps(arguments, ensure_ascii=False)))
+        if not calls:
+            return text, []
+        return ("".join(kept) + text[at:]).strip() or None, calls
+
+
+CALL = re.compile(r"<tool_call>\s*<function=([^>\n]+)>\n?(.*?)</function>\s*</tool_call>", re.S)
+PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)</parameter>", re.S)
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def _members(builder: _Builder, schema: dict) -> str:
+    """The <parameter=...> blocks of a tool's parameters: every required one, in declared order."""
+    properties = schema.get("properties")
+    if properties is None:
+        if schema.get("additionalProperties", True) is False or "properties" in schema:
+            return '""'
+        raise Unsupported("free-form parameters")
+    if not properties:
+        return '""'
+    required = set(schema.get("required", []))
+    parts = []
+    for key, sub in properties.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", key):
+            raise Unsupported(f"parameter name {key!r}")
+        opening, closing = literal(f"<parameter={key}>\n"), literal(f"\n{PARAMETER_END}\n")
+        block = f"{opening} {_value(builder, sub)} {closing}"
+        parts.append(block if key in required else f"({block})?")
+    return " ".join(parts)
+
+
+def _is_string(schema: Any) -> bool:
+    """A parameter written as plain text: a string type, or an enum/const of strings only."""
+    if not isinstance(schema, dict):
+        return False
+    values = schema.get("enum", [schema["const"]] if "const" in schema else None)
+    if values is not None:
+        return all(isinstance(v, str) for v in values)
+    return schema.get("type") == "string"
+
+
+def _value(builder: _Builder, schema: Any) -> str:
+    if _is_string(schema):
+        return _raw_string(builder, schema)
+    if not isinstance(schema, dict) or schema in ({}, True):
+        raise Unsupported("a parameter of any type")  # text or JSON could not be told apart
+    values = schema.get("enum", [schema["const"]] if "const" in schema else None)
+    kinds = schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if (values is not None and any(isinstance(v, str) for v in values)) or "string" in kinds or any(
+            k in schema for k in ("anyOf", "oneOf")):
+        raise Unsupported("a parameter that may be a string or something else")
+    return builder.value(schema)  # JSON
+
+
+def _raw_string(builder: _Builder, schema: dict) -> str:
+    if set(schema) - STRING_KEYWORDS:
+        raise Unsupported(f"string keywords {sorted(set(schema) - STRING_KEYWORDS)}")
+    values = schema.get("enum", [schema["const"]] if "const" in schema else None)
+    if values is not None:
+        return "(" + " | ".join(literal(v) for v in values) + ")"
+    if "pattern" in schema:
+        if '"' in schema["pattern"] or "\\\\" in schema["pattern"] or "minLength" in schema or "maxLength" in schema:
+            raise Unsupported("a pattern with quotes, backslashes or length bounds")
+        return builder.rule(regex_to_ebnf(schema["pattern"]), "pattern")
+    low, high = schema.get("minLength", 0), schema.get("maxLength")
+    if low or high is not None:  # counted characters: no "<" at all keeps the count simple
+        return builder.rule(f"[^<]{{{low},{'' if high is None else high}}}", "text")
+    return _free_text(builder)
+
+
+def _free_text(builder: _Builder) -> str:
+    """Any text without `</parameter>`: plain characters, and runs of "<" followed by less than all of
+    "/parameter>" (P), then a character that breaks the match (D) or the next "<" or the end."""
+    word = PARAMETER_END
+    partial = [literal(word[1:k]) if k > 1 else '""' for k in range(1, len(word))]
+    broken = [f"{literal(word[1:k])} [^{_class(word[k])}<]" if k > 1 else f"[^{_class(word[k])}<]"
+              for k in range(1, len(word))]
+    p = builder.rule("(" + " | ".join(partial) + ")", "partial")
+    d = builder.rule("(" + " | ".join(broken) + ")", "broken")
+    return builder.rule(f'([^<] | ("<" {p})* "<" {d})* ("<" {p})*', "text")
+
+
+def _class(char: str) -> str:
+    return "\\" + char if char in "]\\^-" else char
+
+
+QWEN3_CODER = XmlCallFormat("qwen3coder", "qwen3coder", "<tool_call>\n", "\n</tool_call>")
