@@ -35,10 +35,12 @@ class CallFormat:
     hidden_begin: bool = False
     arguments_text: bool = False  # the template prints a call's arguments as they are: keep OpenAI's JSON text
     id_length: int = 0  # the template takes only call ids of this many letters and digits (Mistral: 9)
+    # A list's opening, where the word alone is common text (Phi-4's "functools" in "import functools").
+    list_trigger: str = ""
 
     @property
     def trigger(self) -> str:
-        return self.begin.strip() or '{"name"'
+        return self.list_trigger or self.begin.strip() or '{"name"'
 
     def frame(self, tool) -> tuple[str, Any, str]:
         """(text before the arguments, their schema, text after) of one call of `tool`."""
@@ -65,17 +67,17 @@ class CallFormat:
         trigger, then a call of one of `tools` under its schema (a listed format: one list of calls)."""
         if self.listed:
             try:
-                content = {"grammar": self._ebnf(tools, most, whole=False)}
-            except Unsupported:
+                grammar = self._ebnf(tools, most, whole=False)
+                tags, trigger = [{"begin": self.begin + "[", "end": "]" + self.end, "grammar": grammar}], self.trigger
+            except Unsupported:  # a JSON schema's array brings its own brackets: the tag opens before them
                 calls = [{"type": "object", "properties": {"name": {"const": t.name}, self.args_key: t.parameters},
                           "required": ["name", self.args_key], "additionalProperties": False} for t in tools]
                 items = calls[0] if len(calls) == 1 else {"anyOf": calls}
-                content = {"json_schema": json.dumps({"type": "array", "items": items, "minItems": 1,
-                                                      "maxItems": most})}
-            brackets = "grammar" in content  # a JSON schema's array brings its own
-            tags = [{"begin": self.begin + "[" * brackets, "end": "]" * brackets + self.end, **content}]
+                schema = {"type": "array", "items": items, "minItems": 1, "maxItems": most}
+                tags = [{"begin": self.begin, "end": self.end, "json_schema": json.dumps(schema)}]
+                trigger = self.begin.strip()
         else:
-            tags = []
+            tags, trigger = [], self.trigger
             for tool in tools:
                 before, schema, after = self.frame(tool)
                 try:
@@ -83,7 +85,7 @@ class CallFormat:
                 except Unsupported:
                     content = {"json_schema": json.dumps(schema)}
                 tags.append({"begin": before, "end": after, **content})
-        return json.dumps({"triggers": [self.trigger], "tags": tags, "at_least_one": at_least_one,
+        return json.dumps({"triggers": [trigger], "tags": tags, "at_least_one": at_least_one,
                            "stop_after_first": self.listed or most <= 1})
 
     def opening(self, text: str, after: int = 0) -> int | None:
@@ -108,7 +110,7 @@ class CallFormat:
         """(content, [(name, arguments JSON)]): the calls found in the answer, the rest as content.
         A call that does not parse (an answer cut by its budget) stays in the content."""
         if self.listed:
-            return self._read_list(text)
+            return self._read_list(text, {tool.name for tool in tools})
         calls, kept, at = [], [], 0
         decoder, closing = json.JSONDecoder(), self.end.strip()
         for found in re.finditer(re.escape(self.trigger), text):
@@ -133,9 +135,10 @@ class CallFormat:
             return text, []
         return ("".join(kept) + text[at:]).strip() or None, calls
 
-    def _read_list(self, text: str) -> tuple[str | None, list[tuple[str, str]]]:
-        """The first list of calls in the answer: after the trigger, or opening the answer (hidden_begin)."""
-        starts = [(m.start(), m.end()) for m in re.finditer(re.escape(self.trigger) + r"\s*(?=\[)", text)]
+    def _read_list(self, text: str, names: set[str]) -> tuple[str | None, list[tuple[str, str]]]:
+        """The first list of calls in the answer: after its opening, or opening the answer (hidden_begin).
+        Every item must be a call of one of `names` (when given), with its arguments."""
+        starts = [(m.start(), m.end()) for m in re.finditer(re.escape(self.begin.strip()) + r"\s*(?=\[)", text)]
         if self.hidden_begin and (bare := re.match(r"\s*(?=\[)", text)):
             starts.insert(0, (0, bare.end()))
         for start, body in starts:
@@ -143,13 +146,17 @@ class CallFormat:
                 items, stop = json.JSONDecoder().raw_decode(text, body)
             except ValueError:
                 continue
-            calls = [(c["name"], _arguments_json(c.get(self.args_key, {}))) for c in items
-                     if isinstance(c, dict) and isinstance(c.get("name"), str)] if isinstance(items, list) else []
-            if calls and len(calls) == len(items):
-                if self.end.strip() and text[stop:].lstrip().startswith(self.end.strip()):
-                    stop = len(text) - len(text[stop:].lstrip()) + len(self.end.strip())
-                return (text[:start] + text[stop:]).strip() or None, calls
+            if not isinstance(items, list) or not items or not all(self._is_call(c, names) for c in items):
+                continue
+            if self.end.strip() and text[stop:].lstrip().startswith(self.end.strip()):
+                stop = len(text) - len(text[stop:].lstrip()) + len(self.end.strip())
+            calls = [(c["name"], _arguments_json(c[self.args_key])) for c in items]
+            return (text[:start] + text[stop:]).strip() or None, calls
         return text, []
+
+    def _is_call(self, item: Any, names: set[str]) -> bool:
+        return (isinstance(item, dict) and isinstance(item.get("name"), str) and (not names or item["name"] in names)
+                and isinstance(item.get(self.args_key), dict))
 
     def call_id(self, given: str) -> str:
         """A call's id as the template takes it: OpenAI's as they are, or (Mistral) 9 letters and digits,

@@ -50,10 +50,11 @@ def template_parsers(template: str) -> tuple[str | None, str | None]:
 
 
 def chat_template(folder: Path, tokenizer=None) -> str:
-    """The template a model folder is used with: chat_template.jinja beside the model first (as OVMS
-    reads it), else its tokenizer's."""
+    """The template a model folder is used with: a loaded tokenizer's (ovchat.runtime.use_folder_template
+    gave it the chat_template.jinja beside the model, where GenAI can run that), else that file (as OVMS
+    reads it), else the tokenizer's own."""
     jinja = Path(folder) / "chat_template.jinja"
-    if jinja.is_file():
+    if tokenizer is None and jinja.is_file():
         return jinja.read_text(encoding="utf-8")
     if tokenizer is None:
         import openvino_genai as ov_genai
@@ -66,7 +67,8 @@ HERMES = CallFormat("hermes", "hermes3", "<tool_call>\n", "\n</tool_call>")
 # Llama 3.1-3.3: a bare {"name": ..., "parameters": ...}; the template writes back one call per turn.
 LLAMA3 = CallFormat("llama3", "llama3", "", "", args_key="parameters", most=1)
 # Phi-4-mini with the template OVMS and vLLM ship for its tools: functools[{"name": ..., "arguments": ...}, ...].
-PHI4 = CallFormat("phi4", "phi4", "functools", "", separator=", ", listed=True, arguments_text=True)
+PHI4 = CallFormat("phi4", "phi4", "functools", "", separator=", ", listed=True, arguments_text=True,
+                  list_trigger="functools[")
 # Mistral 7B v0.3 and its peers: [TOOL_CALLS] [{"name": ..., "arguments": ...}, ...], call ids of 9 characters.
 MISTRAL = CallFormat("mistral", "mistral", "[TOOL_CALLS] ", "", separator=", ", listed=True, hidden_begin=True,
                      id_length=9)

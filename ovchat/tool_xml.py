@@ -12,8 +12,9 @@ A string parameter's value is its text as it is (no quotes, no escapes), any oth
 the model's template writes them back and as OVMS reads them. The grammar keeps each tool's declared
 parameters (every required one, in declared order), an enum or const string to its values, and a
 string's text free of `</parameter>` (which would end it early). A schema it cannot hold that way (a
-parameter that may be a string or something else, free-form properties, a pattern with quotes or
-backslashes) is not taken: the request then gets ovchat's generic format (ovchat.tools).
+parameter that may be a string or something else, free-form properties, keywords over the parameters as a
+whole, a pattern that could write a quote, a backslash or a `<`) is not taken: the request then gets
+ovchat's generic format (ovchat.tools).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .call_format import CallFormat
-from .grammar import Unsupported, _Builder, literal, regex_to_ebnf
+from .grammar import ANNOTATIONS, Unsupported, _Builder, literal, regex_to_ebnf
 
 PARAMETER_END = "</parameter>"
+OBJECT_KEYWORDS = {"type", "properties", "required", "additionalProperties", *ANNOTATIONS}
 STRING_KEYWORDS = {"type", "enum", "const", "minLength", "maxLength", "pattern", "format",
                    "title", "description", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly"}
 
@@ -43,7 +45,7 @@ class XmlCallFormat(CallFormat):
         try:
             for tool in tools:
                 _members(_Builder(), tool.parameters)
-        except Unsupported:
+        except (Unsupported, TypeError, AttributeError, KeyError, ValueError):  # beyond it, or a keyword's odd value
             return False
         return True
 
@@ -74,23 +76,39 @@ class XmlCallFormat(CallFormat):
     def read(self, text: str, tools: Sequence = ()) -> tuple[str | None, list[tuple[str, str]]]:
         schemas = {tool.name: tool.parameters for tool in tools}
         calls, kept, at = [], [], 0
-        for found in CALL.finditer(text):
-            name, body = found.group(1), found.group(2)
-            properties = (schemas.get(name) or {}).get("properties") or {}
-            arguments = {}
-            for key, value in PARAMETER.findall(body):
-                value = value.removeprefix("\n").removesuffix("\n")
-                arguments[key] = value if _is_string(properties.get(key, {"type": "string"})) else _json_or_text(value)
+        for found in OPENING.finditer(text):
+            if found.start() < at:
+                continue
+            read = _read_call(text, found.end(), (schemas.get(found.group(1)) or {}).get("properties") or {})
+            if read is None:
+                continue  # cut by the budget, or not a call: text
+            arguments, stop = read
             kept.append(text[at : found.start()])
-            at = found.end()
-            calls.append((name, json.dumps(arguments, ensure_ascii=False)))
+            at = stop
+            calls.append((found.group(1), json.dumps(arguments, ensure_ascii=False)))
         if not calls:
             return text, []
         return ("".join(kept) + text[at:]).strip() or None, calls
 
 
-CALL = re.compile(r"<tool_call>\s*<function=([^>\n]+)>\n?(.*?)</function>\s*</tool_call>", re.S)
-PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)</parameter>", re.S)
+OPENING = re.compile(r"<tool_call>\s*<function=([^>\n]+)>\n?")
+NEXT = re.compile(r"\s*(?:<parameter=([^>\n]+)>|</function>\s*</tool_call>)")
+
+
+def _read_call(text: str, at: int, properties: dict) -> tuple[dict, int] | None:
+    """One call's parameters from `at` (just after its <function=...>) to its </tool_call>, read in order
+    (a value ends at the first </parameter>, which the grammar keeps out of it), and where it ends."""
+    arguments = {}
+    while found := NEXT.match(text, at):
+        if found.group(1) is None:
+            return arguments, found.end()
+        end = text.find(PARAMETER_END, found.end())
+        if end < 0:
+            return None
+        key, value = found.group(1), text[found.end() : end].removeprefix("\n").removesuffix("\n")
+        arguments[key] = value if _is_string(properties.get(key, {"type": "string"})) else _json_or_text(value)
+        at = end + len(PARAMETER_END)
+    return None
 
 
 def _json_or_text(value: str) -> Any:
@@ -102,6 +120,8 @@ def _json_or_text(value: str) -> Any:
 
 def _members(builder: _Builder, schema: dict) -> str:
     """The <parameter=...> blocks of a tool's parameters: every required one, in declared order."""
+    if set(schema) - OBJECT_KEYWORDS:  # e.g. anyOf or minProperties over the parameters: beyond this form
+        raise Unsupported(f"keywords {sorted(set(schema) - OBJECT_KEYWORDS)} on the parameters")
     properties = schema.get("properties")
     if properties is None:
         if schema.get("additionalProperties", True) is False or "properties" in schema:
@@ -110,6 +130,8 @@ def _members(builder: _Builder, schema: dict) -> str:
     if not properties:
         return '""'
     required = set(schema.get("required", []))
+    if required - set(properties):
+        raise Unsupported(f"required parameters without a schema: {sorted(required - set(properties))}")
     parts = []
     for key, sub in properties.items():
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", key):
@@ -151,12 +173,16 @@ def _raw_string(builder: _Builder, schema: dict) -> str:
     if values is not None:
         return "(" + " | ".join(literal(v) for v in values) + ")"
     if "pattern" in schema:
-        if '"' in schema["pattern"] or "\\\\" in schema["pattern"] or "minLength" in schema or "maxLength" in schema:
-            raise Unsupported("a pattern with quotes, backslashes or length bounds")
-        return builder.rule(regex_to_ebnf(schema["pattern"]), "pattern")
+        # The pattern's grammar is written for JSON's escaping, and "." or "[^...]" could write a "<" (and so
+        # "</parameter>"): only patterns without them, and without quotes, backslashes or control characters.
+        pattern = schema["pattern"]
+        if any(mark in pattern for mark in ('"', "\\\\", ".", "[^", "<")) or any(ord(c) < 0x20 for c in pattern) or (
+                "minLength" in schema or "maxLength" in schema):
+            raise Unsupported("a pattern that could write a quote, a backslash or a '<', or with length bounds")
+        return builder.rule(regex_to_ebnf(pattern), "pattern")
     low, high = schema.get("minLength", 0), schema.get("maxLength")
-    if low or high is not None:  # counted characters: no "<" at all keeps the count simple
-        return builder.rule(f"[^<]{{{low},{'' if high is None else high}}}", "text")
+    if low or high is not None:  # counted characters: no "<" and no line break keeps the count exact
+        return builder.rule(f"[^<\\n]{{{low},{'' if high is None else high}}}", "text")
     return _free_text(builder)
 
 

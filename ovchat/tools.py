@@ -233,9 +233,12 @@ def plan_for(
     if choice == "required" and not made:
         raise ToolError("tool_choice 'required' needs tools", "tool_choice")
     reply = None if reply_schema is None else json.loads(reply_schema)
-    if format is not None and not format.takes(made):
-        format = None  # a schema the template's form cannot hold: the generic format serves this request
-    return ToolPlan(tuple(made), choice, parallel, reply, format)
+    return ToolPlan(tuple(made), choice, parallel, reply, format_for(format, made))
+
+
+def format_for(format: CallFormat | None, tools: Sequence[Tool]) -> CallFormat | None:
+    """The template's call format, unless a tool's schema is beyond it: the generic format then serves."""
+    return format if format is None or format.takes(tools) else None
 
 
 def _object(properties: dict) -> dict:

@@ -100,6 +100,10 @@ def test_a_mistral_list_whose_opening_decoding_dropped():
     assert all(len(c.id) == 9 and c.id.isalnum() for c in calls)  # the ids Mistral's template takes back
     assert native(WEATHER, format=PHI4).read(LIST) == (LIST, [])  # "functools" is text: a bare list is not a call
     assert native(WEATHER, format=MISTRAL).read(f"Sure. {LIST}")[1] == []  # only where it opens the answer
+    people = '[{"name": "Alice", "age": 30}]'  # a list of dicts with a name is not a call of these tools
+    assert native(WEATHER, TIME, format=MISTRAL).read(people) == (people, [])
+    no_arguments = '[{"name": "get_time"}]'
+    assert native(WEATHER, TIME, format=MISTRAL).read(no_arguments) == (no_arguments, [])
 
 
 @pytest.mark.parametrize("step", [1, 4])
@@ -117,12 +121,20 @@ def test_a_streamed_list_is_held_and_read_whole(format, step):
     assert "".join(plain.push(c) for c in "[note] functool") + plain.finish()[0] == "[note] functool"
 
 
+def test_python_s_functools_is_text_for_phi4():
+    prose = "Use functools.lru_cache here, or import functools [twice]."
+    reader = StreamReader(native(WEATHER, format=PHI4))
+    assert "".join(reader.push(c) for c in prose) + reader.finish()[0] == prose
+    assert native(WEATHER, format=PHI4).read(prose) == (prose, [])
+    assert json.loads(native(WEATHER, format=PHI4).constraint()["tool_tags"])["triggers"] == ["functools["]
+
+
 @pytest.mark.parametrize("format", [PHI4, MISTRAL], ids=["phi4", "mistral"])
 def test_a_list_format_is_constrained_as_one_list(format):
     grammar = native(WEATHER, TIME, choice="required", format=format).constraint()["grammar"]
     assert grammar.startswith(f'root ::= "{format.begin}[" ') and '(", " ' in grammar and '"]"' in grammar
     tags = json.loads(native(WEATHER, TIME, format=format).constraint()["tool_tags"])
-    assert tags["triggers"] == [format.begin.strip()] and tags["stop_after_first"]  # one list holds every call
+    assert tags["triggers"] == [format.trigger] and tags["stop_after_first"]  # one list holds every call
     (tag,) = tags["tags"]
     assert (tag["begin"], tag["end"]) == (format.begin + "[", "]") and "get_time" in tag["grammar"]
     beyond = {"type": "object", "allOf": [{"properties": {"n": {"type": "integer"}}}]}  # beyond the grammar
@@ -130,6 +142,7 @@ def test_a_list_format_is_constrained_as_one_list(format):
     (tag,) = json.loads(native(tool, format=format).constraint()["tool_tags"])["tags"]
     schema = json.loads(tag["json_schema"])
     assert tag["begin"] == format.begin and schema["type"] == "array" and schema["items"]["properties"]["arguments"]
+    assert json.loads(native(tool, format=format).constraint()["tool_tags"])["triggers"] == [format.begin.strip()]
 
 
 def test_mistral_history_gets_ids_its_template_takes():
@@ -367,8 +380,10 @@ def test_a_template_beside_the_model_is_the_one_used(tmp_path, tiny_phi3_long_ov
     assert model.tool_format == PHI4
     assert "".join(p.text for p in model.stream_generate("Hi", max_new_tokens=8)) == " world!"
     assert Served.load(folder, info=None, context_cap=None).tool_format == PHI4
-    (folder / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content | no_such_filter }}{% endfor %}")
-    assert ovchat.load(str(folder)).render(ASK).endswith("<|assistant|>\n")  # one GenAI cannot run: its own stays
+    (folder / "chat_template.jinja").write_text("functools{% for m in messages %}{{ m.content | no_such_filter }}"
+                                                "{% endfor %}")
+    fallback = ovchat.load(str(folder))  # a template GenAI cannot run: the tokenizer's own stays, and its format
+    assert fallback.render(ASK).endswith("<|assistant|>\n") and fallback.tool_format is None
 
 
 # -- Qwen3-Coder's XML ---------------------------------------------------------------------------------------
@@ -390,6 +405,8 @@ def test_reading_xml_calls():
     assert read(cut) == (cut, [])
     multiline = XML_CALL.replace("New <b>York</b>", "line one\n\nline three")
     assert json.loads(read(multiline)[1][0].arguments)["city"] == "line one\n\nline three"
+    code = XML_CALL.replace("New <b>York</b>", "x</function>\n</tool_call>y")  # read parameter by parameter
+    assert json.loads(read(code)[1][0].arguments) == {"city": "x</function>\n</tool_call>y", "unit": "c"}
 
 
 def test_the_xml_grammar_holds_parameters_in_order_and_strings_as_text():
@@ -403,6 +420,41 @@ def test_the_xml_grammar_holds_parameters_in_order_and_strings_as_text():
         "type": "object", "properties": {"v": {"type": ["string", "null"]}}}}}
     assert native(either, format=QWEN3_CODER).format is None  # text or JSON? the generic format serves it
     assert native(either, format=QWEN3_CODER).instructions() is not None  # described in the generic words
+
+
+@pytest.mark.parametrize("parameters", [
+    {"type": "object", "properties": {"v": {"type": ["string", "null"]}}},  # text, or JSON?
+    {"type": "object"},  # free-form
+    {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "b"]},  # b has no schema
+    {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+     "anyOf": [{"required": ["a"]}, {"required": ["b"]}]},  # over the parameters as a whole
+    {"type": "object", "properties": {"a": {"type": "string", "pattern": "^a.c$"}}},  # "." could write "<"
+    {"type": "object", "properties": {"a": {"type": "string", "pattern": '^"x"$'}}},  # JSON's escaping
+    {"type": "object", "properties": {"n": {"type": "integer", "minimum": "5"}}},  # a keyword's odd value
+])
+def test_what_the_xml_form_cannot_hold_gets_the_generic_format(parameters):
+    tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    plan = native(tool, choice="required", format=QWEN3_CODER)
+    assert plan.format is None and "tool_calls" in (plan.constraint()["grammar"] or plan.constraint()["json_schema"])
+
+
+@pytest.fixture(scope="module")
+def served_qwen3coder(tiny_qwen3coder_ov) -> Served:
+    return Served.load(tiny_qwen3coder_ov, info=None, context_cap=None)
+
+
+@pytest.mark.anyio
+async def test_the_server_falls_back_to_the_generic_format_too(served_qwen3coder):
+    either = {"type": "function", "function": {"name": "maybe", "parameters": {
+        "type": "object", "properties": {"v": {"type": ["string", "null"]}}, "required": ["v"]}}}
+    batch = scripted(served_qwen3coder, '{"tool_calls": [{"name": "maybe", "arguments": {"v": null}}]}')
+    async with client(served_qwen3coder, batch) as http:
+        answer = await http.post("/v1/chat/completions", json={"messages": ASK, "tools": [either, TIME],
+                                                               "tool_choice": "required"})
+    assert answer.status_code == 200, answer.text
+    (call,) = answer.json()["choices"][0]["message"]["tool_calls"]
+    assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == ("maybe", {"v": None})
+    assert "You can call tools" in served_qwen3coder.tokenizer.decode(batch.prompts[0])  # the generic words
 
 
 def test_xml_history_is_written_by_the_template(styled):

@@ -262,9 +262,8 @@ class ChatRequest(_Sampling):
         choice = self.tool_choice
         named = choice.function.name if isinstance(choice, NamedToolChoice) else None
         reply = self._response_schema()
-        return toolkit.ToolPlan(
-            tuple(given), named or choice or "auto", self.parallel_tool_calls, None if reply is None else reply, format
-        )
+        return toolkit.ToolPlan(tuple(given), named or choice or "auto", self.parallel_tool_calls,
+                                None if reply is None else reply, toolkit.format_for(format, given))
 
     def schema(self) -> str | None:
         """The JSON schema response_format asks for, if any (with tools, see ToolPlan.constraint)."""
