@@ -7,7 +7,11 @@ validate against its tool's schema with `jsonschema`; an answer cut by the token
 not valid. Decode speed: the same prompts answered with and without the tools (tok/s after the first
 token, medians), side by side in one process.
 
-    .venv/bin/python benchmarks/tools.py [--model smollm2-135m] [--requests 50]
+    .venv/bin/python benchmarks/tools.py [--model smollm2-135m] [--requests 50] [--chat-template FILE]
+
+--chat-template puts a template beside (a linked copy of) the model, as chat_template.jinja: a model then
+calls in that template's own format (benchmarks/templates/qwen3coder_chatml.jinja: Qwen3-Coder's XML on
+SmolLM2's ChatML), and "described" is the same prompt answered with tool_choice "none".
 
 Writes benchmarks/results/tools_<tag>.md and .json. Not part of the test suite.
 """
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -60,10 +66,23 @@ def prompt(i: int) -> str:
 def run(model, i: int, choice: str | None, budget: int, described: bool = False):
     kwargs = {"tools": TOOLS, "tool_choice": choice} if choice else {}
     messages = [{"role": "user", "content": prompt(i)}]
-    if described:  # the same prompt as with tools, generated without their grammar
+    if described and model.tool_format is not None:  # the template describes the tools: "none" frees the answer
+        kwargs = {"tools": TOOLS, "tool_choice": "none"}
+    elif described:  # the same prompt as with tools, generated without their grammar
         messages = ovchat.tools.plan_for(TOOLS).prepare(messages)
     *_, last = model.stream_generate(messages, max_new_tokens=budget, temperature=0.8, seed=i, **kwargs)
     return last
+
+
+def with_template(folder: Path, template: Path) -> Path:
+    """A copy of the model folder (its files linked) with `template` as its chat_template.jinja."""
+    copy = Path(tempfile.mkdtemp(prefix="ovchat-template-")) / folder.name
+    copy.mkdir()
+    for item in folder.iterdir():
+        if item.name != "chat_template.jinja":
+            (copy / item.name).symlink_to(item.resolve())
+    shutil.copyfile(template, copy / "chat_template.jinja")
+    return copy
 
 
 def valid(last) -> bool:
@@ -87,8 +106,12 @@ def main() -> None:
                         help="which runs, comma-separated: required, named, auto, described (the tools' "
                         "prompt without their grammar), 'no tools'")
     parser.add_argument("--tag", required=True, help="names the results file: the CPU, e.g. epyc_avx2 or xeon")
+    parser.add_argument("--chat-template", type=Path, help="a chat template to use instead of the model's own")
     args = parser.parse_args()
     model = ovchat.load(args.model)
+    if args.chat_template:
+        model = ovchat.load(str(with_template(model.path, args.chat_template)))
+        print("tool format:", model.tool_format.name if model.tool_format else "generic", flush=True)
     model.generate("warm up", max_new_tokens=4)
     rows: dict[str, dict] = {}
     for label in args.labels.split(","):
@@ -111,10 +134,13 @@ def main() -> None:
     about = machine()
     free = rows.get("described", rows.get("no tools", {})).get("decode_tok_s_median")
     lines = [
-        f"# Tool calls: validity and decode speed ({args.model}, {args.requests} requests each)",
+        f"# Tool calls: validity and decode speed ({args.model}, {args.requests} requests each"
+        + (f", {args.chat_template.name}: {model.tool_format.name if model.tool_format else 'generic'} format)"
+           if args.chat_template else ")"),
         "",
         f"{about['cpu']} ({', '.join(about['isa'])}), {about['cores']} cores, OpenVINO {about['openvino']}. "
-        f"`.venv/bin/python benchmarks/tools.py --model {args.model} --requests {args.requests} --tag {args.tag}`; "
+        f"`.venv/bin/python benchmarks/tools.py --model {args.model} --requests {args.requests} --tag {args.tag}"
+        + (f" --chat-template benchmarks/templates/{args.chat_template.name}" if args.chat_template else "") + "`; "
         f"sampled (temperature 0.8, seeded), up to {args.max_new_tokens} new tokens.",
         "",
         "| tool_choice | outcomes | cut by the budget | decode tok/s (median) | vs the same prompt, free |",

