@@ -280,17 +280,33 @@ its value
 {% endif %}"""
 
 
-@pytest.fixture(scope="session")
-def tiny_qwen3coder_ov(ovchat_home: Path) -> Path:
-    """The tiny Phi-3 (4096-token context, fp16) with a Qwen3-Coder-style (XML calls) chat template."""
-    return _styled(ovchat_home, "tiny-qwen3coder", chat_template=QWEN3_CODER_STYLE_TEMPLATE,
-                   added_tokens=("<tool_call>", "</tool_call>"))
+def _beside(export: Path, name: str, template: str) -> Path:
+    """An export's files (linked) with another template beside them as chat_template.jinja, as a user puts
+    one there; built once, whole or absent. Cheaper than another export where the vocabulary is the same."""
+    path = export.parent.parent / "styled" / name
+    if not path.is_dir():
+        partial = path.with_name(f".{name}-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for item in export.iterdir():
+            if item.name != "chat_template.jinja":
+                (partial / item.name).symlink_to(item.resolve())
+        (partial / "chat_template.jinja").write_text(template)
+        partial.rename(path)
+    return path
 
 
 @pytest.fixture(scope="session")
-def tiny_phi4_ov(ovchat_home: Path) -> Path:
-    """The tiny Phi-3 (4096-token context, fp16) with a Phi-4-mini-style (functools) chat template."""
-    return _styled(ovchat_home, "tiny-phi4", chat_template=PHI4_STYLE_TEMPLATE)
+def tiny_qwen3coder_ov(tiny_hermes_ov: Path) -> Path:
+    """The Hermes-style tiny model (its vocabulary has Qwen's <tool_call> tokens) with a Qwen3-Coder-style
+    (XML calls) chat template beside it."""
+    return _beside(tiny_hermes_ov, "tiny-qwen3coder", QWEN3_CODER_STYLE_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def tiny_phi4_ov(tiny_phi3_long_ov: Path) -> Path:
+    """The tiny Phi-3 (4096-token context, fp16) with a Phi-4-mini-style (functools) chat template beside it."""
+    return _beside(tiny_phi3_long_ov, "tiny-phi4", PHI4_STYLE_TEMPLATE)
 
 
 @pytest.fixture(scope="session")
@@ -302,9 +318,9 @@ def tiny_mistral_ov(ovchat_home: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama3_ov(ovchat_home: Path) -> Path:
-    """The tiny Phi-3 (4096-token context, fp16) with a Llama 3.x-style chat template."""
-    return _styled(ovchat_home, "tiny-llama3", chat_template=LLAMA3_STYLE_TEMPLATE)
+def tiny_llama3_ov(tiny_phi3_long_ov: Path) -> Path:
+    """The tiny Phi-3 (4096-token context, fp16) with a Llama 3.x-style chat template beside it."""
+    return _beside(tiny_phi3_long_ov, "tiny-llama3", LLAMA3_STYLE_TEMPLATE)
 
 
 @pytest.fixture(scope="session")
