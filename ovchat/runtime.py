@@ -145,9 +145,10 @@ def use_folder_template(tokenizer, folder: Path):
     and transformers take it: how a model gets a template with its tool format, e.g. Phi-4-mini's)."""
     jinja = Path(folder) / "chat_template.jinja"
     own = tokenizer.chat_template
-    if not jinja.is_file() or jinja.read_text(encoding="utf-8") == own:
+    template = jinja.read_text(encoding="utf-8") if jinja.is_file() else own
+    if template == own:
         return tokenizer
-    tokenizer.set_chat_template(jinja.read_text(encoding="utf-8"))
+    tokenizer.set_chat_template(template)
     try:
         tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
     except RuntimeError:  # beyond GenAI's template engine: the template the export converted stays
