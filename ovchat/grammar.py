@@ -49,13 +49,12 @@ def schema_to_ebnf(schema: Any) -> str:
     return framed_ebnf([("", schema, "")], "", 1)
 
 
-def framed_ebnf(
-    frames: Sequence[tuple[str, Any, str]], separator: str, most: int, opening: str = "", closing: str = ""
-) -> str:
+def framed_ebnf(frames: Sequence[tuple[str, Any, str]], separator: str, most: int, opening: str = "",
+                closing: str = "") -> str:
     """One to `most` values joined by `separator`, each `before` + a value of its schema + `after` for
     one of `frames` (a template's tool calls: "<tool_call>\n{"name": "f", "arguments": " ... "}\n</tool_call>"),
     the whole between `opening` and `closing` (a list of calls: "functools[" ... "]")."""
-    builder = _Builder()
+    builder = RuleBuilder()
     try:
         options = [" ".join(p for p in (literal(a), builder.value(schema), literal(b)) if p != '""')
                    for a, schema, b in frames]
@@ -63,30 +62,29 @@ def framed_ebnf(
         raise Unsupported(str(exc)) from None
     one = options[0] if len(options) == 1 else builder.rule("(" + " | ".join(options) + ")", "frame")
     root = one if most <= 1 else f"{one} ({literal(separator)} {one}){{0,{most - 1}}}"
-    root = " ".join(part for part in (literal(opening) if opening else "", root, literal(closing) if closing else "")
-                    if part)
-    return "\n".join([f"root ::= {root}", *(f"{name} ::= {body}" for name, body in builder.rules.items())])
+    root = " ".join(part for part in (literal(opening), root, literal(closing)) if part != '""')
+    return builder.grammar(root)
+
+
+LITERAL_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n"}
 
 
 def literal(text: str) -> str:
     """An EBNF string literal for `text`."""
-    out = []
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif char == "\n":
-            out.append("\\n")
-        elif ord(char) < 0x20:
-            out.append(f"\\x{ord(char):02x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
+    escaped = (LITERAL_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x20 else c) for c in text)
+    return '"' + "".join(escaped) + '"'
 
 
-class _Builder:
+class RuleBuilder:
+    """Named EBNF rules for JSON values (one per distinct body), and the grammar they make with a root."""
+
     def __init__(self):
         self.rules: dict[str, str] = {"sp": '" "?'}  # the one space allowed after ":" and ","
         self._names: dict[str, str] = {}
+
+    def grammar(self, root: str) -> str:
+        """The whole grammar: `root` and every rule made so far."""
+        return "\n".join([f"root ::= {root}", *(f"{name} ::= {body}" for name, body in self.rules.items())])
 
     def rule(self, body: str, hint: str) -> str:
         """A named rule for `body` (one per distinct body)."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .call_format import CallFormat
-from .grammar import ANNOTATIONS, Unsupported, _Builder, literal, regex_to_ebnf
+from .grammar import ANNOTATIONS, RuleBuilder, Unsupported, literal, regex_to_ebnf
 
 PARAMETER_END = "</parameter>"
 OBJECT_KEYWORDS = {"type", "properties", "required", "additionalProperties", *ANNOTATIONS}
@@ -44,20 +44,20 @@ class XmlCallFormat(CallFormat):
     def takes(self, tools: Sequence) -> bool:
         try:
             for tool in tools:
-                _members(_Builder(), tool.parameters)
+                _members(RuleBuilder(), tool.parameters)
         except (Unsupported, TypeError, AttributeError, KeyError, ValueError):  # beyond it, or a keyword's odd value
             return False
         return True
 
     def _calls_ebnf(self, tools: Sequence, most: int) -> str:
-        builder = _Builder()
+        builder = RuleBuilder()
         options = []
         for tool in tools:
             before, schema, after = self.frame(tool)
             options.append(f"{literal(before)} {_members(builder, schema)} {literal(after)}")
         one = options[0] if len(options) == 1 else builder.rule("(" + " | ".join(options) + ")", "call")
         root = one if most <= 1 else f"{one} ({literal(self.separator)} {one}){{0,{most - 1}}}"
-        return "\n".join([f"root ::= {root}", *(f"{name} ::= {body}" for name, body in builder.rules.items())])
+        return builder.grammar(root)
 
     def grammar(self, tools: Sequence, most: int) -> tuple[str | None, str | None]:
         return self._calls_ebnf(tools, most), None
@@ -66,10 +66,9 @@ class XmlCallFormat(CallFormat):
         tags = []
         for tool in tools:
             before, schema, after = self.frame(tool)
-            builder = _Builder()
+            builder = RuleBuilder()
             body = _members(builder, schema)
-            rules = [f"root ::= {body}", *(f"{name} ::= {rule}" for name, rule in builder.rules.items())]
-            tags.append({"begin": before, "end": after, "grammar": "\n".join(rules)})
+            tags.append({"begin": before, "end": after, "grammar": builder.grammar(body)})
         return json.dumps({"triggers": [self.trigger], "tags": tags, "at_least_one": at_least_one,
                            "stop_after_first": most <= 1})
 
@@ -118,7 +117,7 @@ def _json_or_text(value: str) -> Any:
         return value
 
 
-def _members(builder: _Builder, schema: dict) -> str:
+def _members(builder: RuleBuilder, schema: dict) -> str:
     """The <parameter=...> blocks of a tool's parameters: every required one, in declared order."""
     if set(schema) - OBJECT_KEYWORDS:  # e.g. anyOf or minProperties over the parameters: beyond this form
         raise Unsupported(f"keywords {sorted(set(schema) - OBJECT_KEYWORDS)} on the parameters")
@@ -152,7 +151,7 @@ def _is_string(schema: Any) -> bool:
     return schema.get("type") == "string"
 
 
-def _value(builder: _Builder, schema: Any) -> str:
+def _value(builder: RuleBuilder, schema: Any) -> str:
     if _is_string(schema):
         return _raw_string(builder, schema)
     if not isinstance(schema, dict) or schema in ({}, True):
@@ -166,7 +165,7 @@ def _value(builder: _Builder, schema: Any) -> str:
     return builder.value(schema)  # JSON
 
 
-def _raw_string(builder: _Builder, schema: dict) -> str:
+def _raw_string(builder: RuleBuilder, schema: dict) -> str:
     if set(schema) - STRING_KEYWORDS:
         raise Unsupported(f"string keywords {sorted(set(schema) - STRING_KEYWORDS)}")
     values = schema.get("enum", [schema["const"]] if "const" in schema else None)
@@ -186,7 +185,7 @@ def _raw_string(builder: _Builder, schema: dict) -> str:
     return _free_text(builder)
 
 
-def _free_text(builder: _Builder) -> str:
+def _free_text(builder: RuleBuilder) -> str:
     """Any text without `</parameter>`: plain runs, and runs of "<" followed by less than all of
     "/parameter>" (P), then a character that breaks the match (D) or the next "<" or the end. Plain runs
     are one character class, which XGrammar matches fastest (decode 0.69× → 0.93× with SmolLM2)."""

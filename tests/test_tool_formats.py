@@ -23,7 +23,7 @@ from test_api import client, sse_events
 from test_tools import ASK, SCHEMAS, TIME, WEATHER, anyio_backend, last, scripted  # noqa: F401
 
 from ovchat import runtime, synthetic, tool_formats, tool_xml, tools
-from ovchat.grammar import _Builder
+from ovchat.grammar import RuleBuilder
 from ovchat.server.served import Served
 from ovchat.tool_formats import HERMES, LLAMA3, MISTRAL, PHI4
 from ovchat.tool_stream import StreamReader
@@ -478,7 +478,7 @@ def _ebnf_as_regex(rule: str, rules: dict[str, str]) -> str:
 def test_free_text_in_an_xml_parameter_is_anything_but_its_end():
     """A string parameter's text is free but for `</parameter>`, which would end it early: the grammar's
     rule, read as a regex, takes exactly the texts without it (the real engine runs it in the tests above)."""
-    builder = _Builder()
+    builder = RuleBuilder()
     rule = builder.rules[tool_xml._free_text(builder)]
     pattern = re.compile(_ebnf_as_regex(rule, builder.rules), re.S)
     pieces = ["<", "/", "</", "</param", "</parameter", "</parameter>", ">", "p", "a", "x", "\n", "<<", "</parameters"]
