@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from compare import reproduce
+
 TOPICS = ["rivers", "volcanoes", "bees", "the moon", "chess", "bread", "glaciers", "owls", "copper", "tea"]
 SYSTEM = "You are a helpful assistant. Answer in two or three sentences."
 REPORT_TURNS = (1, 5, 10, 20)
@@ -182,16 +184,14 @@ def main() -> None:
 
     med = lambda side, i: statistics.median(r[i] for r in sides[side]) * 1000  # noqa: E731
     about = machine()
-    command = f"--model {args.model} --turns {args.turns} --runs {args.runs} --max-new-tokens {args.max_new_tokens}"
-    if args.llama_python:
-        command += " --llama-python PY --gguf FILE.gguf"
     others = [name for name in sides if name != "ovchat"]
     label = {"sample": "sample, OVModelForCausalLM", "llama.cpp": "llama.cpp, prefix cache"}
     lines = [
-        f"# Time to first token by turn ({args.model}, {args.max_new_tokens}-token answers, median of {args.runs})",
+        f"# Time to first token by turn ({Path(args.model).name}, {args.max_new_tokens}-token answers, "
+        f"median of {args.runs})",
         "",
         f"Machine: {about['cpu']}, {len(os.sched_getaffinity(0))} cores ({', '.join(about['isa'])}). "
-        f"Command: `.venv/bin/python benchmarks/chat_turns.py {command}`",
+        f"Command: `{reproduce('chat_turns.py')}`",
         "",
         "| turn | prompt tokens | ovchat (ms) | "
         + " | ".join(f"{label[n]} (ms) | {n} / ovchat" for n in others)

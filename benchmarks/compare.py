@@ -159,10 +159,23 @@ def engines(inputs: dict, args) -> dict[str, dict]:
 
 
 def reproduce(script: str) -> str:
-    """The command that made a result, to print beside it: quoted, with this machine's llama.cpp venv as PY."""
+    """The command that made a result, to print beside it: quoted, with this machine's llama.cpp venv as PY,
+    paths in the repository relative to it and models in ovchat's models directory by their names."""
+    from ovchat import catalog
+
+    home, repo = catalog.models_home(), HERE.parent
+
+    def shown(i: int, arg: str) -> str:
+        if i and argv[i - 1] == "--llama-python":
+            return "PY"
+        path = Path(arg)
+        for root in (repo, home / "models", home / "bench-src"):
+            if path.is_absolute() and path.is_relative_to(root):
+                return str(path.relative_to(root))
+        return arg
+
     argv = sys.argv[1:]
-    argv = ["PY" if i and argv[i - 1] == "--llama-python" else a for i, a in enumerate(argv)]
-    return shlex.join(["python", f"benchmarks/{script}", *argv])
+    return shlex.join(["python", f"benchmarks/{script}", *(shown(i, a) for i, a in enumerate(argv))])
 
 
 def run_worker(spec: dict) -> dict:

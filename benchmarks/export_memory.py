@@ -200,8 +200,10 @@ def main() -> None:
     parser.add_argument("--tag", required=True, help="names the results file: the CPU, e.g. epyc_avx2 or xeon")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the Phi-3-shaped exports for compare.py")
+    parser.add_argument("--out-dir", type=Path, default=HERE / "results")
     args = parser.parse_args()
-    path = HERE / "results" / f"export_memory_{args.tag}.json"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / f"export_memory_{args.tag}.json"
     rows = json.loads(path.read_text()) if path.is_file() else []
     if not args.report_only:
         from ovchat import catalog

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import httpx
+from compare import reproduce
 
 TOPICS = ["a dragon", "the sea", "a lighthouse keeper", "a lost robot", "a mountain village", "a clockmaker",
           "a desert caravan", "an old library", "a winter forest", "a space station", "a river town", "a chess game",
@@ -179,10 +180,10 @@ def report(rows: list[dict], args, out: Path) -> None:
     lines = [
         "# Server load: ovchat serve vs llama.cpp's server",
         "",
-        f"Command: `.venv/bin/python benchmarks/serve_load.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
+        f"Command: `{reproduce('serve_load.py')}`  ",
         f"Machine: {machine['cpu']} ({' '.join(machine['isa'])}), {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; "
-        f"model {args.model}, greedy, up to {args.max_tokens} new tokens per request, streamed; "
+        f"model {Path(args.model).name}, greedy, up to {args.max_tokens} new tokens per request, streamed; "
         f"{args.rounds} rounds over the levels, interleaved: latencies pooled, throughput the median round.",
         "",
         "| server | clients | requests | failures | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms "
