@@ -29,6 +29,7 @@ this measures speed and memory, never quality.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -51,6 +52,13 @@ def cpu_tag() -> str:
     vendor = "xeon" if "Xeon" in name else "epyc" if "EPYC" in name else "cpu"
     width = "avx512" if "avx512f" in flags else "avx2"
     return vendor if vendor == "xeon" else f"{vendor}_{width}"
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
 
 
 def run(step: str, argv: list[str]) -> None:
@@ -124,6 +132,8 @@ def main() -> None:
         parser.error(f"unknown steps {sorted(unknown)}: choose from {', '.join(STEPS)}")
     if bool(args.llama_python) != bool(args.llama_src):
         parser.error("--llama-python and --llama-src go together")
+    if "export" in steps and not all(installed(m) for m in ("sentencepiece", "google.protobuf")):
+        parser.error("the random model's tokenizer needs sentencepiece and protobuf: pip install 'ovchat[bench]'")
 
     from ovchat import catalog
     from ovchat.build.recipe import SAMPLE_RECIPE

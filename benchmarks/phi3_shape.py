@@ -9,7 +9,8 @@ decoder layers (--layers 32: the full 3.8 B, saved in bf16 as the hub ships it),
   and quantizes it to Q4_0 and Q4_K_M with llama-cpp-python's own quantizer.
 The tokenizer is a SentencePiece model trained on the novels ovchat ships for `ovchat eval`
 (vocabulary padded to 32064 as Phi-3's is), with Phi-3's chat tokens and template; it needs
-`pip install sentencepiece protobuf` beside ovchat[export]. The answers are noise: never use it for quality.
+`pip install 'ovchat[bench]'` (sentencepiece, protobuf) beside ovchat[export]. The answers are noise:
+never use it for quality.
 
     .venv/bin/python benchmarks/phi3_shape.py --llama-python PY \\
         --llama-src llama_cpp_python-0.3.36/   # the unpacked sdist (pip download --no-binary :all:)
@@ -60,7 +61,7 @@ def tokenizer_files(out: Path) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "legacy": False}))
     tokenizer = AutoTokenizer.from_pretrained(out)
     if len(tokenizer) < 8000:
-        raise SystemExit("the tokenizer did not load its SentencePiece model: pip install sentencepiece protobuf")
+        raise SystemExit("the tokenizer did not load its SentencePiece model: pip install 'ovchat[bench]'")
     tokenizer.add_special_tokens({"additional_special_tokens": CHAT_TOKENS})
     tokenizer.chat_template = PHI3_CHAT_TEMPLATE
     tokenizer.eos_token = "<|endoftext|>"
