@@ -145,7 +145,7 @@ def main() -> None:
     gguf = home / "bench-src" / f"{name}.Q4_0.gguf"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     size = "phi3_full" if args.layers == 32 else f"phi3_{args.layers}l"
-    out = {s: args.out_dir / f"{s}_{size}_{tag}" for s in ("compare", "compare_2048", "chat_turns", "serve_load")}
+    out = {s: args.out_dir / f"{s}_{size}_{tag}" for s in ("compare", "chat_turns", "serve_load")}
     out["compare_2048"] = args.out_dir / f"compare_{size}_2048_{tag}"
     llama_python, llama_src = args.llama_python, args.llama_src
     if not llama_python and set(steps) & {"llama", "gguf", "compare", "long", "chat", "serve"}:
